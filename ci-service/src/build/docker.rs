@@ -1,0 +1,227 @@
+//! Docker Engine steps through bollard: build the image from a streamed context, run the test
+//! command in a throw-away container (network `none`), push to the registry and read the digest.
+//! Every container this module creates is removed, whatever the outcome.
+
+use std::{collections::HashMap, io, path::PathBuf, time::Duration};
+
+use bollard::{
+    models::{ContainerCreateBody, HostConfig},
+    query_parameters::{
+        BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
+        RemoveContainerOptionsBuilder,
+    },
+    Docker,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::context::{self, ContextError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error("docker build failed: {0}")]
+    Build(String),
+    #[error("tests failed: `{command}` exited with code {code}")]
+    TestsFailed { command: String, code: i64 },
+    #[error("{step} timed out after {secs} s")]
+    Timeout { step: &'static str, secs: u64 },
+    #[error("registry push of {image} failed: {message}")]
+    Push { image: String, message: String },
+    #[error("the registry reported no digest for {0}")]
+    NoDigest(String),
+    #[error("docker engine error: {0}")]
+    Engine(#[from] bollard::errors::Error),
+}
+
+/// What a step reports as it goes: log lines for the build record.
+pub trait LogSink: Send + Sync {
+    fn line(&self, text: &str);
+}
+
+pub struct BuildSpec<'a> {
+    pub context_dir: PathBuf,
+    pub dockerfile: &'a str,
+    /// `repository:tag`.
+    pub image: &'a str,
+    pub build_args: &'a [(String, String)],
+    pub labels: HashMap<String, String>,
+}
+
+/// Builds the image; returns the image id.
+pub async fn build_image(docker: &Docker, spec: BuildSpec<'_>, log: &dyn LogSink) -> Result<String, DockerError> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, io::Error>>(8);
+    let dir = spec.context_dir.clone();
+    let dockerfile = spec.dockerfile.to_string();
+    let producer = tokio::task::spawn_blocking(move || context::stream_context(&dir, &dockerfile, tx));
+    let body = bollard::body_try_stream(tokio_stream_from(rx));
+
+    let args: HashMap<String, String> = spec.build_args.iter().cloned().collect();
+    let options = BuildImageOptionsBuilder::default()
+        .dockerfile(spec.dockerfile)
+        .t(spec.image)
+        .rm(true)
+        .forcerm(true)
+        .networkmode("none")
+        .buildargs(&args)
+        .labels(&spec.labels)
+        .build();
+
+    let mut image_id = None;
+    let mut failure = None;
+    let mut stream = docker.build_image(options, None, Some(body));
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(text) = info.stream.as_deref() {
+                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                        log.line(line);
+                    }
+                }
+                if let Some(id) = info.aux.and_then(|a| a.id) {
+                    image_id = Some(id);
+                }
+                if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+                    log.line(&msg);
+                    failure = Some(msg);
+                }
+            }
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(stream);
+    // The context error, if any, explains a failed build better than the engine's message.
+    match producer.await {
+        Ok(Ok(files)) => log.line(&format!("[conveyor] sent build context: {files} entries")),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(join) => return Err(DockerError::Build(format!("context writer panicked: {join}"))),
+    }
+    if let Some(msg) = failure {
+        return Err(DockerError::Build(msg));
+    }
+    match image_id {
+        Some(id) => Ok(id),
+        None => Ok(docker.inspect_image(spec.image).await?.id.ok_or_else(|| DockerError::Build("the engine returned no image id".into()))?),
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Runs `command` with `/bin/sh -c` in a container of `image` with no network. Output goes to
+/// the log; a non-zero exit is [`DockerError::TestsFailed`]. The container is always removed.
+pub async fn run_tests(
+    docker: &Docker,
+    image: &str,
+    command: &str,
+    labels: HashMap<String, String>,
+    limit: Duration,
+    log: &dyn LogSink,
+) -> Result<(), DockerError> {
+    let config = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["/bin/sh".into(), "-c".into(), command.to_string()]),
+        labels: Some(labels),
+        host_config: Some(HostConfig { network_mode: Some("none".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let created = docker.create_container(Some(CreateContainerOptionsBuilder::default().build()), config).await?;
+    let id = created.id;
+    let outcome = tokio::time::timeout(limit, run_to_exit(docker, &id, log)).await;
+    let removed = docker
+        .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
+        .await;
+    if let Err(e) = removed {
+        tracing::warn!(container = %id, error = %e, "could not remove test container");
+    }
+    let code = match outcome {
+        Err(_) => return Err(DockerError::Timeout { step: "test", secs: limit.as_secs() }),
+        Ok(result) => result?,
+    };
+    if code != 0 {
+        return Err(DockerError::TestsFailed { command: command.to_string(), code });
+    }
+    Ok(())
+}
+
+async fn run_to_exit(docker: &Docker, id: &str, log: &dyn LogSink) -> Result<i64, DockerError> {
+    docker.start_container(id, None).await?;
+    let mut logs = docker.logs(id, Some(LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build()));
+    let mut pending = String::new();
+    while let Some(chunk) = logs.next().await {
+        let chunk = chunk?;
+        pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        while let Some(pos) = pending.find('\n') {
+            log.line(pending[..pos].trim_end_matches('\r'));
+            pending.drain(..=pos);
+        }
+    }
+    if !pending.is_empty() {
+        log.line(&pending);
+    }
+    let mut wait = docker.wait_container(id, None);
+    match wait.next().await {
+        Some(Ok(resp)) => Ok(resp.status_code),
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(DockerError::Build("the engine ended the wait without an exit code".into())),
+    }
+}
+
+/// Pushes `repository:tag` and returns the manifest digest the registry reported.
+pub async fn push_image(docker: &Docker, repository: &str, tag: &str, log: &dyn LogSink) -> Result<String, DockerError> {
+    let image = format!("{repository}:{tag}");
+    let mut digest = None;
+    let mut stream = docker.push_image(repository, Some(PushImageOptionsBuilder::default().tag(tag).build()), None);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| DockerError::Push { image: image.clone(), message: e.to_string() })?;
+        if let Some(status) = info.status.as_deref() {
+            if info.progress_detail.is_none() || status.contains("digest") {
+                log.line(status);
+            }
+            if let Some(d) = digest_from_status(status) {
+                digest = Some(d);
+            }
+        }
+        if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+            return Err(DockerError::Push { image, message: msg });
+        }
+    }
+    if let Some(d) = digest {
+        return Ok(d);
+    }
+    // Fall back to what the engine recorded for this repository.
+    let inspect = docker.inspect_image(&image).await?;
+    inspect
+        .repo_digests
+        .unwrap_or_default()
+        .iter()
+        .find_map(|rd| rd.strip_prefix(&format!("{repository}@")).map(str::to_string))
+        .ok_or(DockerError::NoDigest(image))
+}
+
+/// Parses `<tag>: digest: sha256:<hex> size: <n>`.
+fn digest_from_status(status: &str) -> Option<String> {
+    let rest = &status[status.find("digest: ")? + "digest: ".len()..];
+    let d = rest.split_whitespace().next()?;
+    conveyor_proto::validate::digest(d).ok().map(|_| d.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_digest_from_push_status() {
+        let hex = "ab".repeat(32);
+        assert_eq!(digest_from_status(&format!("3f2a9c1: digest: sha256:{hex} size: 528")), Some(format!("sha256:{hex}")));
+        assert_eq!(digest_from_status("Pushing"), None);
+        assert_eq!(digest_from_status("x: digest: sha256:short size: 1"), None);
+    }
+}

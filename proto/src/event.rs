@@ -1,0 +1,174 @@
+//! The versioned image-built event: what was built, from which commit, and where it was pushed.
+//! Serialized as JSON; `ImageBuilt::from_json` parses *and* validates, so a consumer never acts
+//! on an event it has not checked.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::validate::{self, ValidationError};
+
+/// The event version this crate writes and accepts.
+pub const EVENT_VERSION: u32 = 1;
+
+/// An image was built from a commit, its tests passed, and it was pushed to a registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageBuilt {
+    /// Contract version; see [`EVENT_VERSION`].
+    pub version: u32,
+    /// Unique id of this event (also the `Nats-Msg-Id` de-duplication id).
+    pub event_id: String,
+    /// The application, a DNS label (`[a-z0-9]([a-z0-9-]*[a-z0-9])?`, at most 63 bytes).
+    pub app: String,
+    /// The pushed image.
+    pub image: ImageRef,
+    /// The commit it was built from.
+    pub source: SourceRef,
+    /// The ci-service build that produced it.
+    pub build_id: String,
+    /// When the build started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub build_started_at: OffsetDateTime,
+    /// When the image was pushed and the event created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub built_at: OffsetDateTime,
+    /// W3C `traceparent` of the build, when the build was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+/// A pushed image: `repository:tag`, pinned by `digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRef {
+    /// Registry host (with port) and path, e.g. `127.0.0.1:5000/flask-app`.
+    pub repository: String,
+    /// OCI tag, e.g. the short commit SHA.
+    pub tag: String,
+    /// Manifest digest reported by the registry, `sha256:<64 hex>`.
+    pub digest: String,
+}
+
+/// Where the image came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRef {
+    /// The repository URL or path the commit was fetched from.
+    pub repo_url: String,
+    /// Full commit id (40 hex for SHA-1 repositories, 64 for SHA-256).
+    pub commit: String,
+    /// Branch (or tag) name without `refs/heads/` (or `refs/tags/`).
+    pub branch: String,
+}
+
+impl ImageRef {
+    /// `repository:tag`, the reference written into manifests.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+}
+
+impl ImageBuilt {
+    /// Checks every field against the contract; the first violation is returned.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.version != EVENT_VERSION {
+            return Err(ValidationError::UnsupportedVersion { found: self.version, supported: EVENT_VERSION });
+        }
+        validate::non_empty("event_id", &self.event_id)?;
+        validate::non_empty("build_id", &self.build_id)?;
+        validate::app_name(&self.app)?;
+        validate::image_repository(&self.image.repository)?;
+        validate::tag(&self.image.tag)?;
+        validate::digest(&self.image.digest)?;
+        validate::non_empty("source.repo_url", &self.source.repo_url)?;
+        validate::commit(&self.source.commit)?;
+        validate::non_empty("source.branch", &self.source.branch)?;
+        if let Some(tp) = &self.traceparent {
+            validate::traceparent(tp)?;
+        }
+        Ok(())
+    }
+
+    /// Parses and validates an event payload.
+    pub fn from_json(payload: &[u8]) -> Result<Self, ValidationError> {
+        let event: Self = serde_json::from_slice(payload).map_err(|e| ValidationError::Malformed(e.to_string()))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Serializes the event (after validating it: a producer must not publish what a consumer
+    /// would reject).
+    pub fn to_json(&self) -> Result<Vec<u8>, ValidationError> {
+        self.validate()?;
+        serde_json::to_vec(self).map_err(|e| ValidationError::Malformed(e.to_string()))
+    }
+
+    /// The `Nats-Msg-Id` for this event: the same image pushed twice is stored once.
+    pub fn dedup_id(&self) -> String {
+        format!("{}@{}", self.image.reference(), self.image.digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ImageBuilt {
+        ImageBuilt {
+            version: EVENT_VERSION,
+            event_id: "0193a8f2-7c1e-7c4a-9d1e-3f0c2b1a0a01".into(),
+            app: "flask-app".into(),
+            image: ImageRef {
+                repository: "127.0.0.1:5000/flask-app".into(),
+                tag: "3f2a9c1".into(),
+                digest: format!("sha256:{}", "ab".repeat(32)),
+            },
+            source: SourceRef {
+                repo_url: "/srv/git/flask-app.git".into(),
+                commit: "3f2a9c1".to_string() + &"0".repeat(33),
+                branch: "main".into(),
+            },
+            build_id: "b-1".into(),
+            build_started_at: time::macros::datetime!(2026-11-23 10:00:00 UTC),
+            built_at: time::macros::datetime!(2026-11-23 10:00:42 UTC),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let e = sample();
+        let json = e.to_json().expect("valid");
+        assert_eq!(ImageBuilt::from_json(&json).expect("parses"), e);
+    }
+
+    #[test]
+    fn rejects_garbage_and_unknown_fields() {
+        assert!(matches!(ImageBuilt::from_json(b"not json"), Err(ValidationError::Malformed(_))));
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["surprise"] = serde_json::json!(1);
+        let err = ImageBuilt::from_json(v.to_string().as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn rejects_invalid_tag_before_it_reaches_a_manifest() {
+        let mut e = sample();
+        e.image.tag = "v1;rm -rf".into();
+        assert!(matches!(e.validate(), Err(ValidationError::InvalidTag { .. })));
+        assert!(e.to_json().is_err(), "a producer cannot serialize an invalid event");
+    }
+
+    #[test]
+    fn rejects_other_versions() {
+        let mut e = sample();
+        e.version = 2;
+        assert!(matches!(e.validate(), Err(ValidationError::UnsupportedVersion { found: 2, .. })));
+    }
+
+    #[test]
+    fn dedup_id_names_image_and_digest() {
+        let e = sample();
+        assert_eq!(e.dedup_id(), format!("127.0.0.1:5000/flask-app:3f2a9c1@sha256:{}", "ab".repeat(32)));
+    }
+}

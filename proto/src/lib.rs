@@ -1,0 +1,14 @@
+//! The event contract between `ci-service` and `cd-service`: the image-built event, the NATS
+//! stream and subject names, the message headers and the validation both sides apply.
+//! This crate does no I/O; both services depend on it and nothing else of each other.
+
+pub mod event;
+pub mod names;
+pub mod validate;
+
+pub use event::{ImageBuilt, ImageRef, SourceRef, EVENT_VERSION};
+pub use names::{headers, subject_for_app, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD};
+pub use validate::ValidationError;
+
+#[cfg(feature = "nats")]
+pub mod stream;

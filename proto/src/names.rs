@@ -1,0 +1,44 @@
+//! Names shared on the wire: JetStream stream and subjects, and message header names.
+
+/// The JetStream stream that keeps every image-built event (limits retention, so old events stay
+/// replayable).
+pub const EVENTS_STREAM: &str = "CONVEYOR_IMAGES";
+
+/// Subjects are `conveyor.images.built.<app>`; the app is a validated DNS label, so it is a
+/// single subject token.
+pub const EVENTS_SUBJECT_PREFIX: &str = "conveyor.images.built";
+
+/// Matches the events of every app.
+pub const EVENTS_SUBJECT_WILDCARD: &str = "conveyor.images.built.>";
+
+/// The subject an app's image-built events are published on.
+pub fn subject_for_app(app: &str) -> String {
+    format!("{EVENTS_SUBJECT_PREFIX}.{app}")
+}
+
+/// Message header names.
+pub mod headers {
+    /// JetStream de-duplication id: the same id inside the stream's duplicate window is stored once.
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// W3C trace context of the build that produced the event.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// W3C trace state, carried with `traceparent` when present.
+    pub const TRACESTATE: &str = "tracestate";
+    /// Content type of the payload, `application/json`.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// The event version of the payload, so a consumer can refuse what it does not understand
+    /// before parsing.
+    pub const EVENT_VERSION: &str = "Conveyor-Event-Version";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_subject_is_under_the_wildcard() {
+        let s = subject_for_app("web");
+        assert_eq!(s, "conveyor.images.built.web");
+        assert!(s.starts_with(EVENTS_SUBJECT_WILDCARD.trim_end_matches('>')));
+    }
+}
