@@ -1,0 +1,44 @@
+//! cd-service as a library: `Service::start` opens the manifest clone and the durable consumer;
+//! `Service::run` applies events until shutdown. `main.rs`, tests and the demo all use it.
+
+pub mod config;
+pub mod consume;
+pub mod gitops;
+pub mod rewrite;
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+
+pub use config::Config;
+use gitops::ManifestRepo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("manifest repository: {0}")]
+    Repo(#[from] gitops::GitOpsError),
+    #[error(transparent)]
+    Consume(#[from] consume::ConsumeError),
+    #[error("the manifest clone task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub struct Service {
+    pub repo: Arc<Mutex<ManifestRepo>>,
+    messages: async_nats::jetstream::consumer::pull::Stream,
+}
+
+impl Service {
+    pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let repo_cfg = config.repo_config();
+        let repo = tokio::task::spawn_blocking(move || ManifestRepo::open_or_clone(repo_cfg)).await??;
+        tracing::info!(repo = %config.manifest_repo, branch = %config.branch, clone = %repo.work_tree().display(), "manifest repository ready");
+        let messages = consume::open_consumer(&config.nats_url, &config.consumer, config.ack_wait(), config.stream_max_messages).await?;
+        tracing::info!(consumer = %config.consumer, "consuming image-built events");
+        Ok(Self { repo: Arc::new(Mutex::new(repo)), messages })
+    }
+
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        consume::run(self.repo, self.messages, shutdown).await
+    }
+}

@@ -1,0 +1,96 @@
+//! cd-service configuration: flags with `CONVEYOR_*` environment variables; defaults that work
+//! locally.
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::gitops::{GitAuth, RepoConfig};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "cd-service", about = "Conveyor CD: image-built events -> image tag commits in a GitOps manifest repo")]
+pub struct Config {
+    /// NATS server URL (JetStream must be enabled).
+    #[arg(long, env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Manifest repository: a local path, `ssh://git@host[:port]/path` or `git@host:path`.
+    #[arg(long, env = "CONVEYOR_MANIFEST_REPO")]
+    pub manifest_repo: String,
+
+    /// Branch the manifests are committed to (the one Argo CD / Flux watches).
+    #[arg(long, env = "CONVEYOR_MANIFEST_BRANCH", default_value = "main")]
+    pub branch: String,
+
+    /// Where the warm clone of the manifest repository is kept.
+    #[arg(long, env = "CONVEYOR_WORKDIR", default_value = "/tmp/conveyor-cd")]
+    pub workdir: PathBuf,
+
+    /// Durable consumer name; replicas with the same name share the work.
+    #[arg(long, env = "CONVEYOR_CONSUMER", default_value = "cd-service")]
+    pub consumer: String,
+
+    /// Commit author name.
+    #[arg(long, env = "CONVEYOR_GIT_AUTHOR_NAME", default_value = "Conveyor")]
+    pub author_name: String,
+
+    /// Commit author email.
+    #[arg(long, env = "CONVEYOR_GIT_AUTHOR_EMAIL", default_value = "conveyor@localhost")]
+    pub author_email: String,
+
+    /// Private key (deploy key) for ssh manifest remotes.
+    #[arg(long, env = "CONVEYOR_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
+
+    /// known_hosts file the ssh host key must match (default ~/.ssh/known_hosts).
+    #[arg(long, env = "CONVEYOR_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Pushes tried when the branch moved under us, before the event is handed back to the queue.
+    #[arg(long, env = "CONVEYOR_MAX_PUSH_ATTEMPTS", default_value_t = 8)]
+    pub max_push_attempts: u32,
+
+    /// Seconds an event may be in progress before JetStream redelivers it.
+    #[arg(long, env = "CONVEYOR_ACK_WAIT_SECS", default_value_t = 120)]
+    pub ack_wait_secs: u64,
+
+    /// Events kept in the stream (used only when this service creates the stream).
+    #[arg(long, env = "CONVEYOR_STREAM_MAX_MESSAGES", default_value_t = 100_000)]
+    pub stream_max_messages: i64,
+}
+
+impl Config {
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
+    }
+
+    /// A configuration with the defaults and this manifest repository.
+    pub fn for_repo(manifest_repo: &str) -> Self {
+        Self::parse_from(["cd-service", "--manifest-repo", manifest_repo])
+    }
+
+    pub fn repo_config(&self) -> RepoConfig {
+        let name: String = self
+            .manifest_repo
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect::<String>()
+            .trim_matches('_')
+            .chars()
+            .rev()
+            .take(80)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        RepoConfig {
+            url: self.manifest_repo.clone(),
+            branch: self.branch.clone(),
+            clone_dir: self.workdir.join("clones").join(format!("{name}@{}", self.branch.replace('/', "_"))),
+            author_name: self.author_name.clone(),
+            author_email: self.author_email.clone(),
+            auth: GitAuth { ssh_key: self.ssh_key.clone(), known_hosts: self.known_hosts.clone() },
+            max_push_attempts: self.max_push_attempts.max(1),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The manifest repository: one warm local clone per (remote, branch), refreshed by fetch +
+//! hard reset before each change, committed and pushed with git2. A push counts only when the
+//! server accepted the ref update; a rejected or stale push is retried from a fresh fetch (the
+//! edit is re-derived on the new head, never force-pushed). Blocking: call from `spawn_blocking`.
+
+use std::{
+    cell::Cell,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use git2::{
+    build::CheckoutBuilder, CertificateCheckStatus, Cred, ErrorCode, FetchOptions, PushOptions, RemoteCallbacks,
+    Repository, Signature,
+};
+
+use crate::rewrite::{self, Change, Target};
+use conveyor_proto::ImageBuilt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitOpsError {
+    #[error("cannot clone {url}: {source}")]
+    Clone { url: String, source: git2::Error },
+    #[error("cannot fetch {branch} from {url}: {source}")]
+    Fetch { url: String, branch: String, source: git2::Error },
+    #[error("branch {branch:?} does not exist in {url}")]
+    NoBranch { url: String, branch: String },
+    #[error("no manifest in {url} (branch {branch}) references image repository {repository}")]
+    NoReference { url: String, branch: String, repository: String },
+    #[error("ssh host key of {host} does not match the known_hosts entry ({known_hosts}): refusing to connect")]
+    HostKeyMismatch { host: String, known_hosts: String },
+    #[error("ssh host {host} is not in known_hosts ({known_hosts}): add it (ssh-keyscan) before pushing")]
+    UnknownHost { host: String, known_hosts: String },
+    #[error("the server refused the deploy key {key} for {url} (is it added as a deploy key with write access?)")]
+    KeyRejected { key: String, url: String },
+    #[error("push of {branch} to {url} was rejected by the server: {reason}")]
+    PushRejected { url: String, branch: String, reason: String },
+    #[error("push of {branch} to {url} failed {attempts} times because the branch kept moving; giving up for now")]
+    PushContention { url: String, branch: String, attempts: u32 },
+    #[error("cannot rewrite manifests: {0}")]
+    Rewrite(#[from] rewrite::RewriteError),
+    #[error("git error: {0}")]
+    Git(#[from] git2::Error),
+}
+
+impl GitOpsError {
+    /// Errors that the same event cannot get past by being retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, GitOpsError::NoReference { .. } | GitOpsError::NoBranch { .. })
+    }
+}
+
+/// How to reach the remote.
+#[derive(Clone, Default)]
+pub struct GitAuth {
+    /// Private key for ssh remotes (a deploy key).
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file the ssh host key is checked against (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitAuth").field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted path>")).field("known_hosts", &self.known_hosts).finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoConfig {
+    pub url: String,
+    pub branch: String,
+    pub clone_dir: PathBuf,
+    pub author_name: String,
+    pub author_email: String,
+    pub auth: GitAuth,
+    pub max_push_attempts: u32,
+}
+
+/// The outcome of applying one event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A commit with these changes is on the remote.
+    Committed { commit: String, changes: Vec<Change>, attempts: u32 },
+    /// Every reference already had this tag: nothing to commit.
+    AlreadyCurrent,
+}
+
+pub struct ManifestRepo {
+    cfg: RepoConfig,
+    repo: Repository,
+}
+
+impl ManifestRepo {
+    /// Opens the warm clone, or clones it the first time.
+    pub fn open_or_clone(cfg: RepoConfig) -> Result<Self, GitOpsError> {
+        let repo = match Repository::open(&cfg.clone_dir) {
+            Ok(repo) => repo,
+            Err(_) => {
+                if cfg.clone_dir.exists() {
+                    std::fs::remove_dir_all(&cfg.clone_dir).map_err(|e| GitOpsError::Git(git2::Error::from_str(&e.to_string())))?;
+                }
+                let repo = Repository::init(&cfg.clone_dir).map_err(|source| GitOpsError::Clone { url: cfg.url.clone(), source })?;
+                repo.remote("origin", &cfg.url).map_err(|source| GitOpsError::Clone { url: cfg.url.clone(), source })?;
+                repo
+            }
+        };
+        let current = repo.find_remote("origin").ok().and_then(|r| r.url().ok().map(str::to_string));
+        if current.as_deref() != Some(cfg.url.as_str()) {
+            repo.remote_set_url("origin", &cfg.url)?;
+        }
+        let this = Self { cfg, repo };
+        // Fail at start-up, not at the first event, when the remote or branch is unreachable.
+        this.sync()?;
+        Ok(this)
+    }
+
+    pub fn work_tree(&self) -> &Path {
+        &self.cfg.clone_dir
+    }
+
+    fn remote_ref(&self) -> String {
+        format!("refs/remotes/origin/{}", self.cfg.branch)
+    }
+
+    /// Fetches the branch and resets the work tree to it, dropping any local leftovers.
+    pub fn sync(&self) -> Result<git2::Oid, GitOpsError> {
+        let mut remote = self.repo.find_remote("origin")?;
+        let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.cfg.branch);
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(callbacks(&self.cfg));
+        opts.download_tags(git2::AutotagOption::None);
+        opts.prune(git2::FetchPrune::On);
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut opts), None)
+            .map_err(|source| classify(&self.cfg, source, |source| GitOpsError::Fetch { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), source }))?;
+        let oid = self
+            .repo
+            .refname_to_id(&self.remote_ref())
+            .map_err(|_| GitOpsError::NoBranch { url: self.cfg.url.clone(), branch: self.cfg.branch.clone() })?;
+        let commit = self.repo.find_commit(oid)?;
+        let local = format!("refs/heads/{}", self.cfg.branch);
+        self.repo.reference(&local, oid, true, "conveyor: sync with origin")?;
+        self.repo.set_head(&local)?;
+        self.repo.reset(commit.as_object(), git2::ResetType::Hard, Some(CheckoutBuilder::new().force().remove_untracked(true)))?;
+        Ok(oid)
+    }
+
+    /// Applies the event: rewrite, commit, push; on a moved remote, re-sync and re-apply.
+    pub fn apply(&self, event: &ImageBuilt) -> Result<Applied, GitOpsError> {
+        let target = Target { repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.sync()?;
+            let rewrite = rewrite::rewrite_tree(self.work_tree(), &target)?;
+            if rewrite.references == 0 {
+                return Err(GitOpsError::NoReference {
+                    url: self.cfg.url.clone(),
+                    branch: self.cfg.branch.clone(),
+                    repository: event.image.repository.clone(),
+                });
+            }
+            if rewrite.changes.is_empty() {
+                return Ok(Applied::AlreadyCurrent);
+            }
+            let commit = self.commit(event, &rewrite.changes)?;
+            match self.push() {
+                Ok(()) => return Ok(Applied::Committed { commit: commit.to_string(), changes: rewrite.changes, attempts: attempt }),
+                Err(PushFailure::Moved(reason)) if attempt < self.cfg.max_push_attempts => {
+                    tracing::info!(attempt, %reason, "manifest branch moved; re-applying on the new head");
+                    std::thread::sleep(backoff(attempt));
+                }
+                Err(PushFailure::Moved(_)) => {
+                    // Leave the clone on the remote's state, not on our unpushed commit.
+                    let _ = self.sync();
+                    return Err(GitOpsError::PushContention { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), attempts: attempt });
+                }
+                Err(PushFailure::Fatal(e)) => {
+                    let _ = self.sync();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn commit(&self, event: &ImageBuilt, changes: &[Change]) -> Result<git2::Oid, GitOpsError> {
+        let mut index = self.repo.index()?;
+        let mut paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        paths.dedup();
+        for p in &paths {
+            index.add_path(Path::new(p))?;
+        }
+        index.write()?;
+        let tree = self.repo.find_tree(index.write_tree()?)?;
+        let parent = self.repo.head()?.peel_to_commit()?;
+        let sig = Signature::now(&self.cfg.author_name, &self.cfg.author_email)?;
+        let message = commit_message(event, &paths);
+        Ok(self.repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &[&parent])?)
+    }
+
+    fn push(&self) -> Result<(), PushFailure> {
+        let mut remote = self.repo.find_remote("origin").map_err(|e| PushFailure::Fatal(e.into()))?;
+        let refspec = format!("refs/heads/{0}:refs/heads/{0}", self.cfg.branch);
+        let rejection: std::cell::RefCell<Option<String>> = Default::default();
+        let mut cbs = callbacks(&self.cfg);
+        cbs.push_update_reference(|_refname, status| {
+            if let Some(msg) = status {
+                *rejection.borrow_mut() = Some(msg.to_string());
+            }
+            Ok(())
+        });
+        let mut opts = PushOptions::new();
+        opts.remote_callbacks(cbs);
+        let result = remote.push(&[refspec.as_str()], Some(&mut opts));
+        drop(opts);
+        match result {
+            Err(e) if e.code() == ErrorCode::NotFastForward => Err(PushFailure::Moved(e.message().to_string())),
+            Err(e) => Err(PushFailure::Fatal(classify(&self.cfg, e, GitOpsError::Git))),
+            Ok(()) => match rejection.into_inner() {
+                None => Ok(()),
+                // The server refused the update: a concurrent push moved the branch (fetch first,
+                // non-fast-forward), or a hook/protection refused it.
+                Some(reason) if is_moved(&reason) => Err(PushFailure::Moved(reason)),
+                Some(reason) => Err(PushFailure::Fatal(GitOpsError::PushRejected { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), reason })),
+            },
+        }
+    }
+}
+
+enum PushFailure {
+    Moved(String),
+    Fatal(GitOpsError),
+}
+
+fn is_moved(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("fetch first") || r.contains("non-fast-forward") || r.contains("stale info") || r.contains("failed to update ref") || r.contains("failed to lock")
+}
+
+fn backoff(attempt: u32) -> Duration {
+    // 50 ms, 100 ms, 200 ms ... capped at 2 s, with a little jitter so replicas spread out.
+    let base = 50u64.saturating_mul(1 << attempt.min(6).saturating_sub(1)).min(2000);
+    let jitter = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 50) as u64;
+    Duration::from_millis(base + jitter)
+}
+
+/// `deploy(<app>): <repository>:<tag>` with the source and trailers that tie the commit to its
+/// build; `[skip ci]` so the manifest repository's own CI does not run on it.
+pub fn commit_message(event: &ImageBuilt, paths: &[&str]) -> String {
+    let mut m = format!("deploy({}): {}\n\n", event.app, event.image.reference());
+    m.push_str(&format!("Built from {}@{} ({}) by build {}.\n", event.source.repo_url, &event.source.commit, event.source.branch, event.build_id));
+    m.push_str("Updated:\n");
+    for p in paths {
+        m.push_str(&format!("  {p}\n"));
+    }
+    m.push_str("\n[skip ci]\n\n");
+    m.push_str(&format!("Conveyor-App: {}\n", event.app));
+    m.push_str(&format!("Conveyor-Source-Commit: {}\n", event.source.commit));
+    m.push_str(&format!("Conveyor-Image-Digest: {}\n", event.image.digest));
+    m.push_str(&format!("Conveyor-Event-Id: {}\n", event.event_id));
+    m.push_str(&format!("Conveyor-Build-Id: {}\n", event.build_id));
+    m
+}
+
+/// Credentials and host-key checks for the remote.
+fn callbacks(cfg: &RepoConfig) -> RemoteCallbacks<'_> {
+    let mut cbs = RemoteCallbacks::new();
+    let tries = Cell::new(0u32);
+    let auth = &cfg.auth;
+    cbs.credentials(move |_url, username, allowed| {
+        tries.set(tries.get() + 1);
+        // libgit2 calls again after a refused key: stop instead of looping.
+        if tries.get() > 2 {
+            return Err(git2::Error::from_str("conveyor: ssh key rejected"));
+        }
+        if allowed.contains(git2::CredentialType::USERNAME) {
+            return Cred::username(username.unwrap_or("git"));
+        }
+        match &auth.ssh_key {
+            Some(key) if allowed.contains(git2::CredentialType::SSH_KEY) => Cred::ssh_key(username.unwrap_or("git"), None, key, None),
+            _ => Err(git2::Error::from_str("conveyor: the remote asks for credentials and no ssh key is configured")),
+        }
+    });
+    let known_hosts = auth.known_hosts.clone().or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/known_hosts")));
+    let port = ssh_port(&cfg.url);
+    cbs.certificate_check(move |cert, host| {
+        let Some(hostkey) = cert.as_hostkey().and_then(|h| h.hostkey()) else {
+            // Not ssh (https): let libgit2 apply its own TLS verification.
+            return Ok(CertificateCheckStatus::CertificatePassthrough);
+        };
+        let path = known_hosts.as_deref().ok_or_else(|| git2::Error::from_str("conveyor: unknown-host: no known_hosts file"))?;
+        match known_hosts_verdict(path, host, port, hostkey) {
+            HostVerdict::Match => Ok(CertificateCheckStatus::CertificateOk),
+            HostVerdict::Mismatch => Err(git2::Error::from_str("conveyor: host-key-mismatch")),
+            HostVerdict::Unknown => Err(git2::Error::from_str("conveyor: unknown-host")),
+        }
+    });
+    cbs
+}
+
+/// Turns libgit2's messages from our callbacks into errors that name the cause.
+fn classify(cfg: &RepoConfig, e: git2::Error, otherwise: impl FnOnce(git2::Error) -> GitOpsError) -> GitOpsError {
+    let msg = e.message();
+    let kh = || cfg.auth.known_hosts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.ssh/known_hosts".into());
+    let host = || ssh_host(&cfg.url).unwrap_or_else(|| cfg.url.clone());
+    if msg.contains("conveyor: host-key-mismatch") {
+        GitOpsError::HostKeyMismatch { host: host(), known_hosts: kh() }
+    } else if msg.contains("conveyor: unknown-host") {
+        GitOpsError::UnknownHost { host: host(), known_hosts: kh() }
+    } else if msg.contains("conveyor: ssh key rejected") || (e.class() == git2::ErrorClass::Ssh && msg.to_ascii_lowercase().contains("authentication")) {
+        GitOpsError::KeyRejected {
+            key: cfg.auth.ssh_key.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none configured)".into()),
+            url: cfg.url.clone(),
+        }
+    } else {
+        otherwise(e)
+    }
+}
+
+enum HostVerdict {
+    Match,
+    Mismatch,
+    Unknown,
+}
+
+/// Looks `host` (and `[host]:port` for a non-22 port) up in a known_hosts file and compares
+/// the key. Hashed entries (`|1|...`) are not supported and are skipped.
+fn known_hosts_verdict(path: &Path, host: &str, port: u16, key: &[u8]) -> HostVerdict {
+    use base64::Engine;
+    let Ok(text) = std::fs::read_to_string(path) else { return HostVerdict::Unknown };
+    let wanted = if port == 22 { host.to_string() } else { format!("[{host}]:{port}") };
+    let mut seen = false;
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(hosts), Some(_kind), Some(b64)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        if hosts.starts_with('#') || hosts.starts_with('|') || hosts.starts_with('@') {
+            continue;
+        }
+        if !hosts.split(',').any(|h| h == wanted) {
+            continue;
+        }
+        seen = true;
+        if base64::engine::general_purpose::STANDARD.decode(b64).is_ok_and(|k| k == key) {
+            return HostVerdict::Match;
+        }
+    }
+    if seen {
+        HostVerdict::Mismatch
+    } else {
+        HostVerdict::Unknown
+    }
+}
+
+/// The port of an `ssh://` URL (22 for scp-like `user@host:path` and for no port).
+fn ssh_port(url: &str) -> u16 {
+    url.strip_prefix("ssh://")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.rsplit_once(':'))
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(22)
+}
+
+fn ssh_host(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("ssh://").unwrap_or(url);
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    Some(authority.split(':').next()?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ssh_urls() {
+        assert_eq!(ssh_port("ssh://git@127.0.0.1:2222/srv/m.git"), 2222);
+        assert_eq!(ssh_port("git@github.com:org/m.git"), 22);
+        assert_eq!(ssh_host("ssh://git@127.0.0.1:2222/srv/m.git").as_deref(), Some("127.0.0.1"));
+        assert_eq!(ssh_host("git@github.com:org/m.git").as_deref(), Some("github.com"));
+    }
+
+    #[test]
+    fn known_hosts_lookup_distinguishes_mismatch_from_unknown() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let key = b"key-bytes".to_vec();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&key);
+        std::fs::write(&path, format!("# c\n|1|hashed ssh-ed25519 AAAA\n[127.0.0.1]:2222,other ssh-ed25519 {b64}\n")).unwrap();
+        assert!(matches!(known_hosts_verdict(&path, "127.0.0.1", 2222, &key), HostVerdict::Match));
+        assert!(matches!(known_hosts_verdict(&path, "127.0.0.1", 2222, b"other"), HostVerdict::Mismatch));
+        assert!(matches!(known_hosts_verdict(&path, "127.0.0.1", 22, &key), HostVerdict::Unknown));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) < backoff(3));
+        assert!(backoff(30) <= Duration::from_millis(2050));
+    }
+}
