@@ -1,0 +1,80 @@
+//! Test harness shared by every integration test and the demo: starts the real programs
+//! (nats-server with JetStream, Debian's docker-registry), checks the real dockerd, and drives
+//! real git repositories with the git CLI. Everything listens on 127.0.0.1 on free ports, lives
+//! in temp dirs, and is stopped and removed on drop. Nothing here is a mock.
+
+pub mod docker;
+pub mod git;
+pub mod nats;
+pub mod registry;
+
+use std::{net::TcpListener, path::Path, process::Command, time::{Duration, Instant}};
+
+pub use docker::TestDocker;
+pub use git::{BareRepo, WorkClone};
+pub use nats::TestNats;
+pub use registry::TestRegistry;
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS will not hand it out again at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+}
+
+/// Waits until `probe` returns true, failing with `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if probe().await {
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a command to completion, panicking with its output if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!("{cmd:?} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The repository root (for fixtures such as `examples/` and `k8s-manifests/`).
+pub fn repo_root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Copies a directory tree (files and directories; symlinks are copied as links).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create target dir");
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("dir entry");
+        let ty = entry.file_type().expect("file type");
+        let dest = to.join(entry.file_name());
+        if ty.is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).expect("read link"), &dest).expect("symlink");
+        } else {
+            std::fs::copy(entry.path(), &dest).expect("copy file");
+        }
+    }
+}
+
+/// A child process killed on drop.
+pub(crate) struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

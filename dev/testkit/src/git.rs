@@ -1,0 +1,122 @@
+//! Real git repositories for tests: bare remotes on disk (with hooks) and work clones driven by
+//! the git CLI, exactly as a user would push.
+
+use std::{path::{Path, PathBuf}, process::Command};
+
+use crate::run;
+
+fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.test")
+        .env("GIT_COMMITTER_NAME", "Test Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.test")
+        .env("GIT_CONFIG_NOSYSTEM", "1");
+    c
+}
+
+/// A bare repository (a "remote") on disk.
+pub struct BareRepo {
+    pub path: PathBuf,
+}
+
+impl BareRepo {
+    pub fn create(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        std::fs::create_dir_all(&path).expect("create bare repo dir");
+        run(git(&path).args(["init", "--bare", "-q", "-b", "main"]));
+        Self { path }
+    }
+
+    pub fn url(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// Installs a hook script (e.g. `ci-service/hooks/post-receive`), executable.
+    pub fn install_hook(&self, name: &str, script: &Path) {
+        let dest = self.path.join("hooks").join(name);
+        std::fs::copy(script, &dest).unwrap_or_else(|e| panic!("install hook {}: {e}", script.display()));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755)).expect("chmod hook");
+    }
+
+    pub fn set_config(&self, key: &str, value: &str) {
+        run(git(&self.path).args(["config", key, value]));
+    }
+
+    /// The commit a branch points at, if it exists.
+    pub fn head(&self, branch: &str) -> Option<String> {
+        let out = git(&self.path).args(["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A file's content at a branch.
+    pub fn show(&self, branch: &str, path: &str) -> String {
+        run(git(&self.path).args(["show", &format!("{branch}:{path}")]))
+    }
+
+    /// Full commit message of a commit.
+    pub fn message(&self, rev: &str) -> String {
+        run(git(&self.path).args(["log", "-1", "--format=%B", rev]))
+    }
+
+    /// Number of commits on a branch.
+    pub fn count(&self, branch: &str) -> usize {
+        run(git(&self.path).args(["rev-list", "--count", branch])).trim().parse().expect("rev-list count")
+    }
+
+    /// `git log --oneline` of a branch.
+    pub fn log_oneline(&self, branch: &str) -> String {
+        run(git(&self.path).args(["log", "--oneline", branch]))
+    }
+}
+
+/// A developer's clone of a bare repository.
+pub struct WorkClone {
+    pub path: PathBuf,
+}
+
+impl WorkClone {
+    /// Initialises a work tree with `origin` pointing at the bare repo, branch `main`.
+    pub fn init(path: impl Into<PathBuf>, origin: &BareRepo) -> Self {
+        let path = path.into();
+        std::fs::create_dir_all(&path).expect("create work dir");
+        run(git(&path).args(["init", "-q", "-b", "main"]));
+        run(git(&path).args(["remote", "add", "origin", &origin.url()]));
+        Self { path }
+    }
+
+    /// Clones the bare repo (its `main`).
+    pub fn clone_of(path: impl Into<PathBuf>, origin: &BareRepo) -> Self {
+        let path = path.into();
+        run(Command::new("git").args(["clone", "-q", "-b", "main", &origin.url()]).arg(&path));
+        Self { path }
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path.join(rel);
+        std::fs::create_dir_all(p.parent().expect("a file has a parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write file");
+    }
+
+    /// `git add -A && git commit`; returns the new commit id.
+    pub fn commit_all(&self, message: &str) -> String {
+        run(git(&self.path).args(["add", "-A"]));
+        run(git(&self.path).args(["commit", "-q", "-m", message]));
+        run(git(&self.path).args(["rev-parse", "HEAD"])).trim().to_string()
+    }
+
+    /// `git pull --rebase` from origin main.
+    pub fn pull(&self) {
+        run(git(&self.path).args(["pull", "-q", "--rebase", "origin", "main"]));
+    }
+
+    /// `git push origin main`; returns git's output (hooks print to stderr).
+    pub fn push(&self) -> String {
+        let out = git(&self.path).args(["push", "origin", "main"]).output().expect("git push");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "git push failed:\n{text}");
+        text
+    }
+}

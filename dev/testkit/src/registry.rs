@@ -1,0 +1,71 @@
+//! A private Debian `docker-registry` on a free loopback port (plain HTTP: 127.0.0.0/8 is an
+//! insecure registry for dockerd by default). On drop it stops and removes the images the local
+//! engine holds under this registry's address.
+
+use std::{process::{Command, Stdio}, time::Duration};
+
+use crate::{free_port, ChildGuard};
+
+pub struct TestRegistry {
+    /// `127.0.0.1:<port>`: the image repository prefix.
+    pub addr: String,
+    dir: tempfile::TempDir,
+    _child: ChildGuard,
+}
+
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
+
+impl TestRegistry {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry not found: run dev/setup (apt install docker-registry)");
+        let this = Self { addr: addr.clone(), dir, _child: ChildGuard(child) };
+        let url = format!("http://{addr}/v2/");
+        crate::wait_until("the registry to answer /v2/", Duration::from_secs(20), || {
+            let url = url.clone();
+            async move { reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        this
+    }
+
+    /// The manifest digest the registry serves for `name:tag` (name without the registry host),
+    /// or `None` if it has no such tag.
+    pub async fn manifest_digest(&self, name: &str, tag: &str) -> Option<String> {
+        let resp = reqwest::Client::new()
+            .head(format!("http://{}/v2/{name}/manifests/{tag}", self.addr))
+            .header("Accept", MANIFEST_TYPES)
+            .send()
+            .await
+            .expect("registry request");
+        if !resp.status().is_success() {
+            return None;
+        }
+        resp.headers().get("Docker-Content-Digest").and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        crate::docker::remove_images_with_prefix(&format!("{}/", self.addr));
+    }
+}
