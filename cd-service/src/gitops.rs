@@ -126,13 +126,14 @@ impl ManifestRepo {
     pub fn sync(&self) -> Result<git2::Oid, GitOpsError> {
         let mut remote = self.repo.find_remote("origin")?;
         let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.cfg.branch);
+        let seen = Seen::default();
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks(&self.cfg));
+        opts.remote_callbacks(callbacks(&self.cfg, &seen));
         opts.download_tags(git2::AutotagOption::None);
         opts.prune(git2::FetchPrune::On);
         remote
             .fetch(&[refspec.as_str()], Some(&mut opts), None)
-            .map_err(|source| classify(&self.cfg, source, |source| GitOpsError::Fetch { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), source }))?;
+            .map_err(|source| classify(&self.cfg, &seen, source, |source| GitOpsError::Fetch { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), source }))?;
         let oid = self
             .repo
             .refname_to_id(&self.remote_ref())
@@ -202,7 +203,8 @@ impl ManifestRepo {
         let mut remote = self.repo.find_remote("origin").map_err(|e| PushFailure::Fatal(e.into()))?;
         let refspec = format!("refs/heads/{0}:refs/heads/{0}", self.cfg.branch);
         let rejection: std::cell::RefCell<Option<String>> = Default::default();
-        let mut cbs = callbacks(&self.cfg);
+        let seen = Seen::default();
+        let mut cbs = callbacks(&self.cfg, &seen);
         cbs.push_update_reference(|_refname, status| {
             if let Some(msg) = status {
                 *rejection.borrow_mut() = Some(msg.to_string());
@@ -215,7 +217,7 @@ impl ManifestRepo {
         drop(opts);
         match result {
             Err(e) if e.code() == ErrorCode::NotFastForward => Err(PushFailure::Moved(e.message().to_string())),
-            Err(e) => Err(PushFailure::Fatal(classify(&self.cfg, e, GitOpsError::Git))),
+            Err(e) => Err(PushFailure::Fatal(classify(&self.cfg, &seen, e, GitOpsError::Git))),
             Ok(()) => match rejection.into_inner() {
                 None => Ok(()),
                 // The server refused the update: a concurrent push moved the branch (fetch first,
@@ -262,10 +264,18 @@ pub fn commit_message(event: &ImageBuilt, paths: &[&str]) -> String {
     m
 }
 
+/// What the callbacks saw during one fetch or push: libgit2 replaces a callback's error with
+/// its own generic message, so the cause is read from here instead.
+#[derive(Default)]
+struct Seen {
+    host: Cell<Option<HostVerdict>>,
+    key_tries: Cell<u32>,
+}
+
 /// Credentials and host-key checks for the remote.
-fn callbacks(cfg: &RepoConfig) -> RemoteCallbacks<'_> {
+fn callbacks<'a>(cfg: &'a RepoConfig, seen: &'a Seen) -> RemoteCallbacks<'a> {
     let mut cbs = RemoteCallbacks::new();
-    let tries = Cell::new(0u32);
+    let tries = &seen.key_tries;
     let auth = &cfg.auth;
     cbs.credentials(move |_url, username, allowed| {
         tries.set(tries.get() + 1);
@@ -288,8 +298,12 @@ fn callbacks(cfg: &RepoConfig) -> RemoteCallbacks<'_> {
             // Not ssh (https): let libgit2 apply its own TLS verification.
             return Ok(CertificateCheckStatus::CertificatePassthrough);
         };
-        let path = known_hosts.as_deref().ok_or_else(|| git2::Error::from_str("conveyor: unknown-host: no known_hosts file"))?;
-        match known_hosts_verdict(path, host, port, hostkey) {
+        let verdict = match known_hosts.as_deref() {
+            Some(path) => known_hosts_verdict(path, host, port, hostkey),
+            None => HostVerdict::Unknown,
+        };
+        seen.host.set(Some(verdict));
+        match verdict {
             HostVerdict::Match => Ok(CertificateCheckStatus::CertificateOk),
             HostVerdict::Mismatch => Err(git2::Error::from_str("conveyor: host-key-mismatch")),
             HostVerdict::Unknown => Err(git2::Error::from_str("conveyor: unknown-host")),
@@ -299,15 +313,16 @@ fn callbacks(cfg: &RepoConfig) -> RemoteCallbacks<'_> {
 }
 
 /// Turns libgit2's messages from our callbacks into errors that name the cause.
-fn classify(cfg: &RepoConfig, e: git2::Error, otherwise: impl FnOnce(git2::Error) -> GitOpsError) -> GitOpsError {
+fn classify(cfg: &RepoConfig, seen: &Seen, e: git2::Error, otherwise: impl FnOnce(git2::Error) -> GitOpsError) -> GitOpsError {
     let msg = e.message();
     let kh = || cfg.auth.known_hosts.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.ssh/known_hosts".into());
     let host = || ssh_host(&cfg.url).unwrap_or_else(|| cfg.url.clone());
-    if msg.contains("conveyor: host-key-mismatch") {
-        GitOpsError::HostKeyMismatch { host: host(), known_hosts: kh() }
-    } else if msg.contains("conveyor: unknown-host") {
-        GitOpsError::UnknownHost { host: host(), known_hosts: kh() }
-    } else if msg.contains("conveyor: ssh key rejected") || (e.class() == git2::ErrorClass::Ssh && msg.to_ascii_lowercase().contains("authentication")) {
+    match seen.host.get() {
+        Some(HostVerdict::Mismatch) => return GitOpsError::HostKeyMismatch { host: host(), known_hosts: kh() },
+        Some(HostVerdict::Unknown) => return GitOpsError::UnknownHost { host: host(), known_hosts: kh() },
+        _ => {}
+    }
+    if msg.contains("conveyor: ssh key rejected") || seen.key_tries.get() > 1 || (e.class() == git2::ErrorClass::Ssh && msg.to_ascii_lowercase().contains("authentication")) {
         GitOpsError::KeyRejected {
             key: cfg.auth.ssh_key.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none configured)".into()),
             url: cfg.url.clone(),
@@ -317,6 +332,7 @@ fn classify(cfg: &RepoConfig, e: git2::Error, otherwise: impl FnOnce(git2::Error
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HostVerdict {
     Match,
     Mismatch,

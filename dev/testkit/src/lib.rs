@@ -7,6 +7,7 @@ pub mod docker;
 pub mod git;
 pub mod nats;
 pub mod registry;
+pub mod ssh;
 
 use std::{net::TcpListener, path::Path, process::Command, time::{Duration, Instant}};
 
@@ -14,6 +15,7 @@ pub use docker::TestDocker;
 pub use git::{BareRepo, WorkClone};
 pub use nats::TestNats;
 pub use registry::TestRegistry;
+pub use ssh::TestSshd;
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS will not hand it out again at once).
 pub fn free_port() -> u16 {

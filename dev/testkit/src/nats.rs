@@ -85,3 +85,47 @@ impl TestNats {
         out
     }
 }
+
+impl TestNats {
+    /// Publishes raw bytes on `subject` with a unique `Nats-Msg-Id`; returns the stream sequence.
+    pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) -> u64 {
+        let js = self.jetstream().await;
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(conveyor_proto::headers::MSG_ID, uuid_like().as_str());
+        js.publish_with_headers(subject.to_string(), h, payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("publish ack")
+            .sequence
+    }
+
+    /// Publishes a (valid) event on its app's subject; returns the stream sequence.
+    pub async fn publish_event(&self, event: &conveyor_proto::ImageBuilt) -> u64 {
+        self.publish_raw(&conveyor_proto::subject_for_app(&event.app), event.to_json().expect("valid event")).await
+    }
+
+    /// Waits until the durable consumer has acknowledged (or terminated) everything up to
+    /// `sequence` and has nothing in flight.
+    pub async fn wait_consumer_done(&self, stream: &str, durable: &str, sequence: u64, limit: Duration) {
+        let js = self.jetstream().await;
+        let what = format!("consumer {durable} to finish sequence {sequence}");
+        crate::wait_until(&what, limit, || {
+            let js = js.clone();
+            async move {
+                let Ok(s) = js.get_stream(stream).await else { return false };
+                let Ok(mut c) = s.get_consumer::<async_nats::jetstream::consumer::pull::Config>(durable).await else { return false };
+                let Ok(info) = c.info().await else { return false };
+                info.ack_floor.stream_sequence >= sequence && info.num_ack_pending == 0
+            }
+        })
+        .await
+    }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
+    format!("test-{t}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}

@@ -1,0 +1,227 @@
+//! cd-service against real NATS JetStream and real git remotes (bare repos on disk and over
+//! ssh with a deploy key): an event becomes exactly one pushed commit that changes only the
+//! tag; re-applied events, invalid events and events nobody references commit nothing and do
+//! not stop the consumer; a concurrent outside push is kept; ssh failures name their cause.
+
+use std::{path::Path, time::Duration};
+
+use cd_service::{gitops::{GitOpsError, ManifestRepo}, Config, Service};
+use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
+use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestSshd, WorkClone};
+use tokio::sync::oneshot;
+
+const REPO: &str = "registry.example.test/team/web";
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn event(app: &str, repository: &str, tag: &str) -> ImageBuilt {
+    let digest_hex: String = tag.bytes().map(|b| format!("{:02x}", b)).collect::<String>().chars().cycle().take(64).collect();
+    ImageBuilt {
+        version: EVENT_VERSION,
+        event_id: format!("evt-{app}-{tag}"),
+        app: app.into(),
+        image: ImageRef { repository: repository.into(), tag: tag.into(), digest: format!("sha256:{digest_hex}") },
+        source: SourceRef { repo_url: "/srv/git/web.git".into(), commit: "c0ffee".repeat(7)[..40].to_string(), branch: "main".into() },
+        build_id: format!("build-{tag}"),
+        build_started_at: time::OffsetDateTime::now_utc(),
+        built_at: time::OffsetDateTime::now_utc(),
+        traceparent: None,
+    }
+}
+
+/// A bare manifest repo seeded with the fixture tree.
+fn manifest_repo(dir: &Path) -> BareRepo {
+    let bare = BareRepo::create(dir.join("manifests.git"));
+    let work = WorkClone::init(dir.join("seed"), &bare);
+    copy_tree(Path::new(FIXTURE), &work.path);
+    work.commit_all("initial manifests");
+    work.push();
+    bare
+}
+
+struct Cd {
+    _stop: oneshot::Sender<()>,
+    _workdir: tempfile::TempDir,
+}
+
+async fn start_cd(nats: &TestNats, url: &str) -> Cd {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_repo(url);
+    cfg.nats_url = nats.url.clone();
+    cfg.workdir = workdir.path().to_path_buf();
+    let service = Service::start(&cfg).await.expect("cd-service starts");
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(service.run(async move {
+        let _ = stopped.await;
+    }));
+    Cd { _stop: stop, _workdir: workdir }
+}
+
+async fn applied(nats: &TestNats, seq: u64) {
+    nats.wait_consumer_done(EVENTS_STREAM, "cd-service", seq, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_becomes_one_pushed_commit_that_changes_only_the_tag() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let before_head = bare.head("main").unwrap();
+    let _cd = start_cd(&nats, &bare.url()).await;
+
+    let ev = event("web", REPO, "3f2a9c1d0e4b");
+    let seq = nats.publish_event(&ev).await;
+    applied(&nats, seq).await;
+
+    assert_eq!(bare.count("main"), 2, "exactly one new commit");
+    let original = std::fs::read_to_string(Path::new(FIXTURE).join("apps/web/deployment.yaml")).unwrap();
+    let expected = original.replace("registry.example.test/team/web:1.0.0", "registry.example.test/team/web:3f2a9c1d0e4b");
+    assert_ne!(original, expected);
+    assert_eq!(bare.show("main", "apps/web/deployment.yaml"), expected, "byte-identical except the three tag values");
+    for untouched in ["apps/web/service.yaml", "apps/worker/deployment.yaml"] {
+        assert_eq!(bare.show("main", untouched), std::fs::read_to_string(Path::new(FIXTURE).join(untouched)).unwrap());
+    }
+    let msg = bare.message("main");
+    assert!(msg.starts_with("deploy(web): registry.example.test/team/web:3f2a9c1d0e4b\n"), "{msg}");
+    for needle in ["[skip ci]", &format!("Conveyor-Source-Commit: {}", ev.source.commit), &format!("Conveyor-Image-Digest: {}", ev.image.digest), "Conveyor-Event-Id: evt-web-3f2a9c1d0e4b", "apps/web/deployment.yaml"] {
+        assert!(msg.contains(needle), "commit message lacks {needle:?}:\n{msg}");
+    }
+    assert_ne!(bare.head("main").unwrap(), before_head);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reapplied_event_makes_no_commit() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let _cd = start_cd(&nats, &bare.url()).await;
+    let ev = event("web", REPO, "v2");
+    applied(&nats, nats.publish_event(&ev).await).await;
+    let head = bare.head("main").unwrap();
+    // The same event again (a redelivery after a crash between push and ack looks like this).
+    applied(&nats, nats.publish_event(&ev).await).await;
+    assert_eq!(bare.head("main").unwrap(), head, "no second commit for a tag that is already current");
+    assert_eq!(bare.count("main"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_events_are_refused_and_the_consumer_keeps_going() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let _cd = start_cd(&nats, &bare.url()).await;
+
+    nats.publish_raw("conveyor.images.built.web", b"{ this is not json".to_vec()).await;
+    let mut bad_tag = serde_json::to_value(event("web", REPO, "ok")).unwrap();
+    bad_tag["image"]["tag"] = "-rf /".into();
+    nats.publish_raw("conveyor.images.built.web", bad_tag.to_string().into_bytes()).await;
+    // Valid, but no manifest references this image: a clear error, nothing committed.
+    nats.publish_event(&event("api", "registry.example.test/team/api", "1.0.1")).await;
+    assert_eq!(bare.count("main"), 1, "nothing committed for bad events");
+
+    let good = nats.publish_event(&event("worker", "registry.example.test/team/worker", "1.0.0")).await;
+    applied(&nats, good).await;
+    assert_eq!(bare.count("main"), 2, "the valid event after the bad ones was applied");
+    assert!(bare.show("main", "apps/worker/deployment.yaml").contains("image: registry.example.test/team/worker:1.0.0\n"));
+    assert!(!bare.show("main", "apps/web/deployment.yaml").contains("-rf"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outside_commits_are_kept_and_a_moved_branch_is_retried() {
+    // Over ssh: the server runs git-receive-pack and its hooks (libgit2's local transport runs none).
+    let (nats, sshd) = (TestNats::start().await, TestSshd::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let _cd = start_cd_ssh(&nats, &sshd, &bare).await;
+
+    // A human commits to the manifest repo after cd-service cloned it.
+    let human = WorkClone::clone_of(dir.path().join("human"), &bare);
+    human.write("apps/web/service.yaml", &bare.show("main", "apps/web/service.yaml").replace("port: 80", "port: 8080"));
+    human.commit_all("web: serve on 8080");
+    human.push();
+
+    // And another push lands while cd-service is pushing: the first pre-receive makes an outside
+    // commit through a separate push, so cd-service's push finds the branch moved.
+    let marker = dir.path().join("raced");
+    let hook = dir.path().join("pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n[ -e '{m}' ] && exit 0\ntouch '{m}'\nunset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_DIR\n\
+             t=$(mktemp -d) && git clone -q '{r}' \"$t/w\" && cd \"$t/w\" && echo racing > RACE.md && git add RACE.md && \
+             git -c user.name=racer -c user.email=r@x commit -qm 'racing commit' && git push -q origin main >/dev/null 2>&1\nexit 0\n",
+            m = marker.display(),
+            r = bare.url()
+        ),
+    )
+    .unwrap();
+    bare.install_hook("pre-receive", &hook);
+
+    applied(&nats, nats.publish_event(&event("web", REPO, "v3")).await).await;
+    assert!(marker.exists(), "the racing push happened");
+    let log = bare.log_oneline("main");
+    assert!(log.contains("racing commit") && log.contains("web: serve on 8080") && log.contains("deploy(web)"), "no commit lost:\n{log}");
+    assert_eq!(bare.count("main"), 4);
+    assert!(bare.show("main", "apps/web/service.yaml").contains("port: 8080"));
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:v3"));
+}
+
+fn ssh_repo_config(url: &str, key: &Path, known_hosts: &Path, workdir: &Path) -> cd_service::gitops::RepoConfig {
+    let mut cfg = Config::for_repo(url);
+    cfg.workdir = workdir.to_path_buf();
+    cfg.ssh_key = Some(key.to_path_buf());
+    cfg.known_hosts = Some(known_hosts.to_path_buf());
+    cfg.repo_config()
+}
+
+async fn start_cd_ssh(nats: &TestNats, sshd: &TestSshd, bare: &BareRepo) -> Cd {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_repo(&sshd.url_for(&bare.path));
+    cfg.nats_url = nats.url.clone();
+    cfg.workdir = workdir.path().to_path_buf();
+    cfg.ssh_key = Some(sshd.deploy_key());
+    cfg.known_hosts = Some(sshd.known_hosts());
+    let service = Service::start(&cfg).await.unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(service.run(async move {
+        let _ = stopped.await;
+    }));
+    Cd { _stop: stop, _workdir: workdir }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pushes_over_ssh_with_a_deploy_key_and_a_pinned_host_key() {
+    let (nats, sshd) = (TestNats::start().await, TestSshd::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let _cd = start_cd_ssh(&nats, &sshd, &bare).await;
+    applied(&nats, nats.publish_event(&event("web", REPO, "over-ssh")).await).await;
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:over-ssh"), "sshd log:\n{}", sshd.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_failures_name_their_cause() {
+    let sshd = TestSshd::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let url = sshd.url_for(&bare.path);
+    let open = |key: &Path, kh: &Path| {
+        let work = tempfile::tempdir().unwrap();
+        let cfg = ssh_repo_config(&url, key, kh, work.path());
+        ManifestRepo::open_or_clone(cfg).err()
+    };
+    let err = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &sshd.wrong_known_hosts()));
+    assert!(matches!(err, Some(GitOpsError::HostKeyMismatch { .. })), "{err:?}");
+    assert!(err.unwrap().to_string().contains("does not match"));
+
+    let empty = dir.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let err = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &empty));
+    assert!(matches!(err, Some(GitOpsError::UnknownHost { .. })), "{err:?}");
+
+    let err = tokio::task::block_in_place(|| open(&sshd.unauthorized_key(), &sshd.known_hosts()));
+    assert!(matches!(err, Some(GitOpsError::KeyRejected { .. })), "{err:?}\nsshd log:\n{}", sshd.log());
+
+    let ok = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &sshd.known_hosts()));
+    assert!(ok.is_none(), "the right key and host key work: {ok:?}");
+}
