@@ -71,11 +71,20 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A child process killed on drop.
-pub(crate) struct ChildGuard(pub std::process::Child);
+/// A child process stopped on drop (SIGTERM, then SIGKILL after 5 s).
+pub struct ChildGuard(pub std::process::Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        let pid = self.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

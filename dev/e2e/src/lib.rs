@@ -1,0 +1,204 @@
+//! The whole Conveyor loop on real components, shared by the demo (`dev/demo`) and the
+//! end-to-end tests: NATS, a registry and dockerd; a bare app repository whose post-receive hook
+//! calls ci-service; a bare manifest repository seeded from `k8s-manifests/`; and the real
+//! `ci-service` and `cd-service` binaries, configured only through `CONVEYOR_*` variables.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use conveyor_testkit::{
+    copy_tree, docker::FLASK_BASE_IMAGE, free_port, repo_root, BareRepo, ChildGuard, TestDocker, TestNats, TestRegistry, WorkClone,
+};
+use serde_json::Value;
+
+/// The app name, derived by ci-service from the bare repository's name `flask-app.git`.
+pub const APP: &str = "flask-app";
+
+/// Where the `ci-service` and `cd-service` binaries are: `CONVEYOR_BIN_DIR`, or the cargo
+/// target directory this executable runs from (`cargo test --workspace` and `cargo build`
+/// build them there).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("CONVEYOR_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    for bin in ["ci-service", "cd-service"] {
+        if !dir.join(bin).is_file() {
+            bail!("{} not found in {}: build the workspace first (`cargo build --workspace`)", bin, dir.display());
+        }
+    }
+    Ok(dir)
+}
+
+/// Everything the loop runs on; stopped and removed on drop.
+pub struct Stack {
+    pub nats: TestNats,
+    pub registry: TestRegistry,
+    pub app_repo: BareRepo,
+    pub manifest_repo: BareRepo,
+    /// A developer's clone of the app repository.
+    pub dev: WorkClone,
+    pub ci_url: String,
+    pub dir: tempfile::TempDir,
+    // Declared last: services stop before the repositories and servers they use go away.
+    _ci: ChildGuard,
+    _cd: ChildGuard,
+}
+
+impl Stack {
+    pub async fn start() -> anyhow::Result<Stack> {
+        TestDocker::ensure(&[FLASK_BASE_IMAGE]);
+        let bins = bin_dir()?;
+        let nats = TestNats::start().await;
+        let registry = TestRegistry::start().await;
+        let dir = tempfile::tempdir()?;
+        let d = dir.path();
+
+        // The manifest repository, seeded from k8s-manifests/ with the image pointed at this
+        // run's registry.
+        let manifest_repo = BareRepo::create(d.join("git/manifests.git"));
+        let seed = WorkClone::init(d.join("seed"), &manifest_repo);
+        copy_tree(&repo_root().join("k8s-manifests"), &seed.path);
+        for rel in ["apps/flask-app/deployment.yaml"] {
+            let text = std::fs::read_to_string(seed.path.join(rel))?;
+            seed.write(rel, &text.replace("127.0.0.1:5000/", &format!("{}/", registry.addr)));
+        }
+        seed.commit_all("Initial manifests for flask-app");
+        seed.push();
+
+        // cd-service: the durable consumer, with its warm clone of the manifest repository.
+        let cd_log = std::fs::File::create(d.join("cd-service.log"))?;
+        let cd = Command::new(bins.join("cd-service"))
+            .env("CONVEYOR_NATS_URL", &nats.url)
+            .env("CONVEYOR_MANIFEST_REPO", manifest_repo.url())
+            .env("CONVEYOR_WORKDIR", d.join("cd-work"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(cd_log)
+            .spawn()
+            .context("start cd-service")?;
+        let cd = ChildGuard(cd);
+
+        // ci-service: HTTP on a free port; builds FROM the local Flask base image.
+        let port = free_port();
+        let ci_url = format!("http://127.0.0.1:{port}");
+        let ci_log = std::fs::File::create(d.join("ci-service.log"))?;
+        let ci = Command::new(bins.join("ci-service"))
+            .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONVEYOR_NATS_URL", &nats.url)
+            .env("CONVEYOR_REGISTRY", &registry.addr)
+            .env("CONVEYOR_WORKDIR", d.join("ci-work"))
+            .env("CONVEYOR_BUILD_ARGS", format!("BASE_IMAGE={FLASK_BASE_IMAGE}"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(ci_log)
+            .spawn()
+            .context("start ci-service")?;
+        let ci = ChildGuard(ci);
+
+        // The app repository: a `git push` to it runs the post-receive hook, which calls ci-service.
+        let app_repo = BareRepo::create(d.join("git/flask-app.git"));
+        app_repo.install_hook("post-receive", &repo_root().join("ci-service/hooks/post-receive"));
+        app_repo.set_config("conveyor.url", &ci_url);
+        let dev = WorkClone::init(d.join("dev/flask-app"), &app_repo);
+
+        let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, dir, _ci: ci, _cd: cd };
+        stack.wait_ready().await?;
+        Ok(stack)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let health = format!("{}/healthz", self.ci_url);
+        loop {
+            let ci_up = reqwest::get(&health).await.is_ok_and(|r| r.status().is_success());
+            let cd_up = self.service_log("cd-service").contains("consuming image-built events");
+            if ci_up && cd_up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "services did not start (ci-service up: {ci_up}, cd-service up: {cd_up})\n--- ci-service.log\n{}\n--- cd-service.log\n{}",
+                    self.service_log("ci-service"),
+                    self.service_log("cd-service")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `ci-service` or `cd-service`.
+    pub fn service_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Puts the example Flask app into the developer's clone, commits and pushes; returns the
+    /// commit and what git printed (the hook's answer).
+    pub fn push_example_app(&self, message: &str) -> (String, String) {
+        copy_tree(&repo_root().join("examples/flask-app"), &self.dev.path);
+        let commit = self.dev.commit_all(message);
+        (commit, self.dev.push())
+    }
+
+    /// Changes one file, commits and pushes.
+    pub fn push_change(&self, rel: &str, edit: impl FnOnce(String) -> String, message: &str) -> (String, String) {
+        let path = self.dev.path.join(rel);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        self.dev.write(rel, &edit(text));
+        let commit = self.dev.commit_all(message);
+        (commit, self.dev.push())
+    }
+
+    /// Waits for the build of `commit` to finish and returns its record.
+    pub async fn wait_build(&self, commit: &str, limit: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let builds: Value = reqwest::get(format!("{}/builds", self.ci_url)).await?.json().await?;
+            let build = builds.as_array().and_then(|a| a.iter().find(|b| b["commit"] == commit)).cloned();
+            if let Some(b) = &build {
+                if matches!(b["state"].as_str(), Some("succeeded" | "failed")) {
+                    return Ok(b.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("build of {commit} did not finish within {limit:?}: {build:?}\n--- ci-service.log\n{}", self.service_log("ci-service"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn build_logs(&self, id: &str) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/builds/{id}/logs", self.ci_url)).await?.text().await?)
+    }
+
+    /// Waits until the manifest branch moves away from `from`; returns the new head.
+    pub async fn wait_manifest_commit(&self, from: &str, limit: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(head) = self.manifest_repo.head("main").filter(|h| h != from) {
+                return Ok(head);
+            }
+            if Instant::now() > deadline {
+                bail!("no manifest commit within {limit:?}\n--- cd-service.log\n{}", self.service_log("cd-service"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `git show --stat -p` of a manifest commit.
+    pub fn show_manifest_commit(&self, rev: &str) -> String {
+        conveyor_testkit::run(Command::new("git").arg("-C").arg(&self.manifest_repo.path).args(["show", "--stat", "-p", "--format=commit %H%nAuthor: %an <%ae>%n%n%B", rev]))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}

@@ -1,0 +1,87 @@
+//! `dev/demo`: runs the whole loop once on the example Flask app and prints what happened —
+//! a green push that ends in a manifest commit, then a push whose tests fail and deploys nothing.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use conveyor_e2e::{Stack, APP};
+use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
+
+const BUILD_LIMIT: Duration = Duration::from_secs(600);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    say("Starting NATS JetStream, a registry, ci-service and cd-service on 127.0.0.1 ...");
+    let stack = Stack::start().await?;
+    println!("  NATS          {}", stack.nats.url);
+    println!("  registry      {}", stack.registry.addr);
+    println!("  ci-service    {}", stack.ci_url);
+    println!("  app repo      {}  (post-receive hook -> ci-service)", stack.app_repo.url());
+    println!("  manifest repo {}  (cd-service commits here)", stack.manifest_repo.url());
+    let manifest_before = stack.manifest_repo.head("main").context("manifest repo has main")?;
+
+    say("1. git push of examples/flask-app");
+    let (commit, hook) = stack.push_example_app("flask-app: first version");
+    println!("  pushed {commit}");
+    for line in hook.lines().filter(|l| l.contains("conveyor")) {
+        println!("  {}", line.trim_start_matches("remote: "));
+    }
+    let build = stack.wait_build(&commit, BUILD_LIMIT).await?;
+    print_build(&build);
+    ensure!(build["state"] == "succeeded", "the build failed:\n{}", stack.build_logs(build["id"].as_str().unwrap_or("")).await?);
+    let logs = stack.build_logs(build["id"].as_str().unwrap_or_default()).await?;
+    if let Some(line) = logs.lines().find(|l| l.contains("passed")) {
+        println!("  pytest: {}", line.trim());
+    }
+    let served = stack.registry.manifest_digest(APP, &commit[..12]).await;
+    println!("  registry serves {}/{APP}:{} as {}", stack.registry.addr, &commit[..12], served.as_deref().unwrap_or("(nothing!)"));
+
+    let events = stack.nats.stream_messages(EVENTS_STREAM).await;
+    let (seq, payload) = events.last().context("an event was published")?;
+    let event = ImageBuilt::from_json(payload)?;
+    say(&format!("2. image-built event #{seq} on JetStream stream {EVENTS_STREAM}"));
+    println!("{}", indent(&serde_json::to_string_pretty(&serde_json::from_slice::<serde_json::Value>(payload)?)?));
+    ensure!(event.source.commit == commit, "event names another commit");
+
+    let head = stack.wait_manifest_commit(&manifest_before, Duration::from_secs(60)).await?;
+    say("3. cd-service committed to the manifest repo");
+    println!("{}", indent(&stack.show_manifest_commit(&head)));
+
+    say("4. git push of a change whose tests fail");
+    let (bad, _) = stack.push_change("app.py", |t| t.replace("Hello from flask-app", "Hello from a broken change"), "flask-app: change greeting (breaks a test)");
+    let build = stack.wait_build(&bad, BUILD_LIMIT).await?;
+    print_build(&build);
+    let events_after = stack.nats.stream_messages(EVENTS_STREAM).await.len();
+    let head_after = stack.manifest_repo.head("main").unwrap_or_default();
+    println!("  events in stream: {} (unchanged: {})", events_after, events_after == events.len());
+    println!("  manifest head:    {} (unchanged: {})", &head_after[..12.min(head_after.len())], head_after == head);
+    ensure!(build["state"] == "failed" && events_after == events.len() && head_after == head, "a red build must deploy nothing");
+
+    say(&format!("Done in {:.1} s: green push deployed {}, red push stopped at its tests.", t0.elapsed().as_secs_f64(), event.image.reference()));
+    Ok(())
+}
+
+fn say(text: &str) {
+    println!("\n== {text}");
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn print_build(b: &serde_json::Value) {
+    println!("  build {} for {}: {}", b["id"].as_str().unwrap_or("?"), &b["commit"].as_str().unwrap_or("?")[..12], b["state"].as_str().unwrap_or("?").to_uppercase());
+    for s in b["steps"].as_array().into_iter().flatten() {
+        println!("    {:<9} {:<10} {:>7} ms", s["name"].as_str().unwrap_or("?"), s["state"].as_str().unwrap_or("?"), s["duration_ms"].as_u64().unwrap_or(0));
+    }
+    if let Some(image) = b["image"].as_str() {
+        println!("  image  {image}");
+    }
+    if let Some(digest) = b["digest"].as_str() {
+        println!("  digest {digest}");
+    }
+    if let Some(reason) = b["failure"].as_str() {
+        println!("  reason {reason}");
+    }
+}

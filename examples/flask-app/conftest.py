@@ -1,0 +1,1 @@
+# Makes `app` importable from the tests when pytest runs from the app root.
