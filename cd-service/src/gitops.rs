@@ -10,8 +10,7 @@ use std::{
 };
 
 use git2::{
-    build::CheckoutBuilder, CertificateCheckStatus, Cred, ErrorCode, FetchOptions, PushOptions, RemoteCallbacks,
-    Repository, Signature,
+    build::CheckoutBuilder, CertificateCheckStatus, Cred, ErrorCode, FetchOptions, PushOptions, RemoteCallbacks, Repository, Signature,
 };
 
 use crate::rewrite::{self, Change, Target};
@@ -61,7 +60,10 @@ pub struct GitAuth {
 
 impl std::fmt::Debug for GitAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitAuth").field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted path>")).field("known_hosts", &self.known_hosts).finish()
+        f.debug_struct("GitAuth")
+            .field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted path>"))
+            .field("known_hosts", &self.known_hosts)
+            .finish()
     }
 }
 
@@ -131,9 +133,13 @@ impl ManifestRepo {
         opts.remote_callbacks(callbacks(&self.cfg, &seen));
         opts.download_tags(git2::AutotagOption::None);
         opts.prune(git2::FetchPrune::On);
-        remote
-            .fetch(&[refspec.as_str()], Some(&mut opts), None)
-            .map_err(|source| classify(&self.cfg, &seen, source, |source| GitOpsError::Fetch { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), source }))?;
+        remote.fetch(&[refspec.as_str()], Some(&mut opts), None).map_err(|source| {
+            classify(&self.cfg, &seen, source, |source| GitOpsError::Fetch {
+                url: self.cfg.url.clone(),
+                branch: self.cfg.branch.clone(),
+                source,
+            })
+        })?;
         let oid = self
             .repo
             .refname_to_id(&self.remote_ref())
@@ -174,7 +180,11 @@ impl ManifestRepo {
                 Err(PushFailure::Moved(_)) => {
                     // Leave the clone on the remote's state, not on our unpushed commit.
                     let _ = self.sync();
-                    return Err(GitOpsError::PushContention { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), attempts: attempt });
+                    return Err(GitOpsError::PushContention {
+                        url: self.cfg.url.clone(),
+                        branch: self.cfg.branch.clone(),
+                        attempts: attempt,
+                    });
                 }
                 Err(PushFailure::Fatal(e)) => {
                     let _ = self.sync();
@@ -223,7 +233,11 @@ impl ManifestRepo {
                 // The server refused the update: a concurrent push moved the branch (fetch first,
                 // non-fast-forward), or a hook/protection refused it.
                 Some(reason) if is_moved(&reason) => Err(PushFailure::Moved(reason)),
-                Some(reason) => Err(PushFailure::Fatal(GitOpsError::PushRejected { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), reason })),
+                Some(reason) => Err(PushFailure::Fatal(GitOpsError::PushRejected {
+                    url: self.cfg.url.clone(),
+                    branch: self.cfg.branch.clone(),
+                    reason,
+                })),
             },
         }
     }
@@ -236,7 +250,11 @@ enum PushFailure {
 
 fn is_moved(reason: &str) -> bool {
     let r = reason.to_ascii_lowercase();
-    r.contains("fetch first") || r.contains("non-fast-forward") || r.contains("stale info") || r.contains("failed to update ref") || r.contains("failed to lock")
+    r.contains("fetch first")
+        || r.contains("non-fast-forward")
+        || r.contains("stale info")
+        || r.contains("failed to update ref")
+        || r.contains("failed to lock")
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -250,7 +268,10 @@ fn backoff(attempt: u32) -> Duration {
 /// build; `[skip ci]` so the manifest repository's own CI does not run on it.
 pub fn commit_message(event: &ImageBuilt, paths: &[&str]) -> String {
     let mut m = format!("deploy({}): {}\n\n", event.app, event.image.reference());
-    m.push_str(&format!("Built from {}@{} ({}) by build {}.\n", event.source.repo_url, &event.source.commit, event.source.branch, event.build_id));
+    m.push_str(&format!(
+        "Built from {}@{} ({}) by build {}.\n",
+        event.source.repo_url, &event.source.commit, event.source.branch, event.build_id
+    ));
     m.push_str("Updated:\n");
     for p in paths {
         m.push_str(&format!("  {p}\n"));
@@ -322,7 +343,10 @@ fn classify(cfg: &RepoConfig, seen: &Seen, e: git2::Error, otherwise: impl FnOnc
         Some(HostVerdict::Unknown) => return GitOpsError::UnknownHost { host: host(), known_hosts: kh() },
         _ => {}
     }
-    if msg.contains("conveyor: ssh key rejected") || seen.key_tries.get() > 1 || (e.class() == git2::ErrorClass::Ssh && msg.to_ascii_lowercase().contains("authentication")) {
+    if msg.contains("conveyor: ssh key rejected")
+        || seen.key_tries.get() > 1
+        || (e.class() == git2::ErrorClass::Ssh && msg.to_ascii_lowercase().contains("authentication"))
+    {
         GitOpsError::KeyRejected {
             key: cfg.auth.ssh_key.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none configured)".into()),
             url: cfg.url.clone(),

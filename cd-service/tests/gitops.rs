@@ -5,7 +5,10 @@
 
 use std::{path::Path, time::Duration};
 
-use cd_service::{gitops::{GitOpsError, ManifestRepo}, Config, Service};
+use cd_service::{
+    gitops::{GitOpsError, ManifestRepo},
+    Config, Service,
+};
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
 use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestSshd, WorkClone};
 use tokio::sync::oneshot;
@@ -83,7 +86,13 @@ async fn an_event_becomes_one_pushed_commit_that_changes_only_the_tag() {
     }
     let msg = bare.message("main");
     assert!(msg.starts_with("deploy(web): registry.example.test/team/web:3f2a9c1d0e4b\n"), "{msg}");
-    for needle in ["[skip ci]", &format!("Conveyor-Source-Commit: {}", ev.source.commit), &format!("Conveyor-Image-Digest: {}", ev.image.digest), "Conveyor-Event-Id: evt-web-3f2a9c1d0e4b", "apps/web/deployment.yaml"] {
+    for needle in [
+        "[skip ci]",
+        &format!("Conveyor-Source-Commit: {}", ev.source.commit),
+        &format!("Conveyor-Image-Digest: {}", ev.image.digest),
+        "Conveyor-Event-Id: evt-web-3f2a9c1d0e4b",
+        "apps/web/deployment.yaml",
+    ] {
         assert!(msg.contains(needle), "commit message lacks {needle:?}:\n{msg}");
     }
     assert_ne!(bare.head("main").unwrap(), before_head);

@@ -256,7 +256,10 @@ mod tests {
         let rec = store.get(&id).unwrap();
         assert_eq!(rec.state, BuildState::Failed);
         assert_eq!(rec.failure.as_deref(), Some("build failed"));
-        assert_eq!(rec.steps.iter().map(|s| (s.name, s.state)).collect::<Vec<_>>(), vec![("checkout", StepState::Succeeded), ("build", StepState::Failed)]);
+        assert_eq!(
+            rec.steps.iter().map(|s| (s.name, s.state)).collect::<Vec<_>>(),
+            vec![("checkout", StepState::Succeeded), ("build", StepState::Failed)]
+        );
         assert!(rec.steps.iter().all(|s| s.duration_ms.is_some()));
     }
 

@@ -90,7 +90,8 @@ async fn push(State(state): State<Arc<AppState>>, body: Result<Json<GenericPush>
         }
     }
     let location = format!("/builds/{id}");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(json!({ "build_id": id, "status_url": location }))).into_response())
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(json!({ "build_id": id, "status_url": location })))
+        .into_response())
 }
 
 #[derive(Deserialize)]

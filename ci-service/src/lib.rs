@@ -11,7 +11,10 @@ pub mod webhook;
 use std::{future::Future, sync::Arc};
 
 use bollard::Docker;
-use tokio::{net::TcpListener, sync::{mpsc, Semaphore}};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, Semaphore},
+};
 
 pub use config::Config;
 use {build::BuildJob, builds::BuildStore, publish::Publisher};

@@ -36,13 +36,10 @@ impl Publisher {
             .await
             .map_err(|e| PublishError::Connect { url: url.to_string(), message: e.to_string() })?;
         let js = jetstream::new(client);
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            js.get_or_create_stream(events_stream_config(stream_max_messages, Duration::ZERO)),
-        )
-        .await
-        .map_err(|_| PublishError::Stream(format!("no answer from NATS at {url} within 30 s (is JetStream enabled?)")))?
-        .map_err(|e| PublishError::Stream(e.to_string()))?;
+        tokio::time::timeout(Duration::from_secs(30), js.get_or_create_stream(events_stream_config(stream_max_messages, Duration::ZERO)))
+            .await
+            .map_err(|_| PublishError::Stream(format!("no answer from NATS at {url} within 30 s (is JetStream enabled?)")))?
+            .map_err(|e| PublishError::Stream(e.to_string()))?;
         Ok(Self { js })
     }
 

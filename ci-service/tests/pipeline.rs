@@ -179,7 +179,12 @@ async fn bad_requests_get_json_errors_and_the_service_keeps_running() {
         ("{}".into(), "text/plain", 415, "unsupported_media_type"),
         (r#"{"repo_url":"/x.git"}"#.into(), "application/json", 422, "invalid_payload"),
         (r#"{"repo_url":"/x.git","ref":"refs/heads/main","commit":"abc"}"#.into(), "application/json", 422, "invalid_push"),
-        (r#"{"repo_url":"/x.git","ref":"refs/tags/v1","commit":"0123456789abcdef0123456789abcdef01234567"}"#.into(), "application/json", 422, "invalid_push"),
+        (
+            r#"{"repo_url":"/x.git","ref":"refs/tags/v1","commit":"0123456789abcdef0123456789abcdef01234567"}"#.into(),
+            "application/json",
+            422,
+            "invalid_push",
+        ),
         (vec![b' '; 2 * 1024 * 1024].into(), "application/json", 413, "body_too_large"),
     ];
     for (body, ct, status, code) in cases {

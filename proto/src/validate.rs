@@ -139,10 +139,7 @@ fn is_registry_host(host: &str) -> bool {
     !name.is_empty()
         && name.split('.').all(|label| {
             let b = label.as_bytes();
-            !b.is_empty()
-                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-                && b[0] != b'-'
-                && b[b.len() - 1] != b'-'
+            !b.is_empty() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') && b[0] != b'-' && b[b.len() - 1] != b'-'
         })
 }
 
@@ -219,18 +216,8 @@ mod tests {
         ] {
             assert!(image_repository(ok).is_ok(), "{ok} should be valid");
         }
-        for bad in [
-            "",
-            "Flask",
-            "reg:5000/app:tag",
-            "reg:99999/app",
-            "reg:/app",
-            "app@sha256:00",
-            "a//b",
-            "team/-app",
-            "team/app.",
-            "a_-b",
-        ] {
+        for bad in ["", "Flask", "reg:5000/app:tag", "reg:99999/app", "reg:/app", "app@sha256:00", "a//b", "team/-app", "team/app.", "a_-b"]
+        {
             assert!(image_repository(bad).is_err(), "{bad:?} should be invalid");
         }
     }

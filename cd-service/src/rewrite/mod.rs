@@ -48,11 +48,7 @@ pub struct Target<'a> {
 /// files that changed.
 pub fn rewrite_tree(root: &Path, target: &Target<'_>) -> Result<TreeRewrite, RewriteError> {
     let mut result = TreeRewrite::default();
-    let walk = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| e.file_name() != ".git");
+    let walk = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| e.file_name() != ".git");
     for entry in walk {
         let entry = entry.map_err(|e| RewriteError::Io {
             path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
@@ -100,7 +96,10 @@ mod tests {
         let t = Target { repository: "reg/app", tag: "new", digest: "sha256:00" };
         let r = rewrite_tree(repo.path(), &t).unwrap();
         assert_eq!(r.references, 1);
-        assert_eq!(r.changes, vec![Change { path: "apps/deploy.yaml".into(), line: 2, old: "reg/app:old".into(), new: "reg/app:new".into() }]);
+        assert_eq!(
+            r.changes,
+            vec![Change { path: "apps/deploy.yaml".into(), line: 2, old: "reg/app:old".into(), new: "reg/app:new".into() }]
+        );
         assert_eq!(std::fs::read_to_string(outside.path().join("secret.yaml")).unwrap(), manifest, "outside file untouched");
         assert_eq!(std::fs::read_to_string(repo.path().join("notes.txt")).unwrap(), manifest);
     }

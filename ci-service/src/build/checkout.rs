@@ -28,11 +28,8 @@ pub fn checkout(repo_url: &str, git_ref: &str, commit: &str, dest: &Path) -> Res
         git_ref: git_ref.to_string(),
         source,
     })?;
-    let not_found = || CheckoutError::CommitNotFound {
-        repo_url: repo_url.to_string(),
-        git_ref: git_ref.to_string(),
-        commit: commit.to_string(),
-    };
+    let not_found =
+        || CheckoutError::CommitNotFound { repo_url: repo_url.to_string(), git_ref: git_ref.to_string(), commit: commit.to_string() };
     let oid = Oid::from_str(commit).map_err(|_| not_found())?;
     let target = repo.find_commit(oid).map_err(|_| not_found())?;
     repo.checkout_tree(target.as_object(), Some(CheckoutBuilder::new().force()))?;

@@ -127,9 +127,7 @@ impl Write for ChannelWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the docker build request was dropped"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the docker build request was dropped"))
     }
 }
 
@@ -153,12 +151,7 @@ pub fn context_entries(root: &Path, dockerfile: &str) -> Result<Vec<(PathBuf, St
             path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
             source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")),
         })?;
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("walkdir yields paths under its root")
-            .to_string_lossy()
-            .replace('\\', "/");
+        let rel = entry.path().strip_prefix(root).expect("walkdir yields paths under its root").to_string_lossy().replace('\\', "/");
         if rel == ".git" {
             walk.skip_current_dir();
             continue;

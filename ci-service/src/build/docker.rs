@@ -7,8 +7,7 @@ use std::{collections::HashMap, io, path::PathBuf, time::Duration};
 use bollard::{
     models::{ContainerCreateBody, HostConfig},
     query_parameters::{
-        BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder,
-        RemoveContainerOptionsBuilder,
+        BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder, PushImageOptionsBuilder, RemoveContainerOptionsBuilder,
     },
     Docker,
 };
@@ -106,7 +105,9 @@ pub async fn build_image(docker: &Docker, spec: BuildSpec<'_>, log: &dyn LogSink
     }
     match image_id {
         Some(id) => Ok(id),
-        None => Ok(docker.inspect_image(spec.image).await?.id.ok_or_else(|| DockerError::Build("the engine returned no image id".into()))?),
+        None => {
+            Ok(docker.inspect_image(spec.image).await?.id.ok_or_else(|| DockerError::Build("the engine returned no image id".into()))?)
+        }
     }
 }
 
@@ -134,9 +135,7 @@ pub async fn run_tests(
     let created = docker.create_container(Some(CreateContainerOptionsBuilder::default().build()), config).await?;
     let id = created.id;
     let outcome = tokio::time::timeout(limit, run_to_exit(docker, &id, log)).await;
-    let removed = docker
-        .remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build()))
-        .await;
+    let removed = docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build())).await;
     if let Err(e) = removed {
         tracing::warn!(container = %id, error = %e, "could not remove test container");
     }

@@ -119,7 +119,8 @@ async fn run_steps(state: &Arc<AppState>, job: &BuildJob) -> Result<(), String> 
     .await?;
 
     let container_labels = HashMap::from([("io.conveyor.build-id".to_string(), id.to_string())]);
-    step(store, id, "test", docker::run_tests(&state.docker, &image, &cfg.test_command, container_labels, cfg.test_timeout(), &log)).await?;
+    step(store, id, "test", docker::run_tests(&state.docker, &image, &cfg.test_command, container_labels, cfg.test_timeout(), &log))
+        .await?;
 
     let digest = step(store, id, "push", async {
         tokio::time::timeout(cfg.push_timeout(), docker::push_image(&state.docker, &repository, &tag, &log))

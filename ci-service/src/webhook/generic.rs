@@ -65,13 +65,7 @@ impl GenericPush {
             }
             None => app_from_repo_url(&repo_url).ok_or_else(|| IntakeError::NoAppName(repo_url.clone()))?,
         };
-        Ok(Intake::Build(PushRequest {
-            app,
-            branch: branch.to_string(),
-            repo_url,
-            git_ref: self.git_ref,
-            commit: self.commit,
-        }))
+        Ok(Intake::Build(PushRequest { app, branch: branch.to_string(), repo_url, git_ref: self.git_ref, commit: self.commit }))
     }
 }
 
@@ -80,13 +74,7 @@ mod tests {
     use super::*;
 
     fn push(git_ref: &str, commit: &str) -> GenericPush {
-        GenericPush {
-            repo_url: "/srv/git/flask-app.git".into(),
-            git_ref: git_ref.into(),
-            commit: commit.into(),
-            before: None,
-            app: None,
-        }
+        GenericPush { repo_url: "/srv/git/flask-app.git".into(), git_ref: git_ref.into(), commit: commit.into(), before: None, app: None }
     }
 
     #[test]

@@ -25,10 +25,7 @@ pub struct PushRequest {
 pub fn app_from_repo_url(repo_url: &str) -> Option<String> {
     let last = repo_url.trim_end_matches('/').rsplit(['/', ':']).next()?;
     let last = last.strip_suffix(".git").unwrap_or(last);
-    let mut name: String = last
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let mut name: String = last.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
     name = name.trim_matches('-').to_string();
     name.truncate(63);
     let name = name.trim_end_matches('-').to_string();

@@ -67,10 +67,9 @@ impl Stack {
         let manifest_repo = BareRepo::create(d.join("git/manifests.git"));
         let seed = WorkClone::init(d.join("seed"), &manifest_repo);
         copy_tree(&repo_root().join("k8s-manifests"), &seed.path);
-        for rel in ["apps/flask-app/deployment.yaml"] {
-            let text = std::fs::read_to_string(seed.path.join(rel))?;
-            seed.write(rel, &text.replace("127.0.0.1:5000/", &format!("{}/", registry.addr)));
-        }
+        let deployment = "apps/flask-app/deployment.yaml";
+        let text = std::fs::read_to_string(seed.path.join(deployment))?;
+        seed.write(deployment, &text.replace("127.0.0.1:5000/", &format!("{}/", registry.addr)));
         seed.commit_all("Initial manifests for flask-app");
         seed.push();
 
@@ -169,7 +168,10 @@ impl Stack {
                 }
             }
             if Instant::now() > deadline {
-                bail!("build of {commit} did not finish within {limit:?}: {build:?}\n--- ci-service.log\n{}", self.service_log("ci-service"));
+                bail!(
+                    "build of {commit} did not finish within {limit:?}: {build:?}\n--- ci-service.log\n{}",
+                    self.service_log("ci-service")
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -195,7 +197,13 @@ impl Stack {
 
     /// `git show --stat -p` of a manifest commit.
     pub fn show_manifest_commit(&self, rev: &str) -> String {
-        conveyor_testkit::run(Command::new("git").arg("-C").arg(&self.manifest_repo.path).args(["show", "--stat", "-p", "--format=commit %H%nAuthor: %an <%ae>%n%n%B", rev]))
+        conveyor_testkit::run(Command::new("git").arg("-C").arg(&self.manifest_repo.path).args([
+            "show",
+            "--stat",
+            "-p",
+            "--format=commit %H%nAuthor: %an <%ae>%n%n%B",
+            rev,
+        ]))
     }
 
     pub fn path(&self) -> &Path {

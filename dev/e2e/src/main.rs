@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     let (commit, hook) = stack.push_example_app("flask-app: first version");
     println!("  pushed {commit}");
     for line in hook.lines().filter(|l| l.contains("conveyor")) {
-        println!("  {}", line.trim_start_matches("remote: "));
+        println!("  {}", line.trim_start_matches("remote: ").trim_end());
     }
     let build = stack.wait_build(&commit, BUILD_LIMIT).await?;
     print_build(&build);
@@ -49,7 +49,11 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", indent(&stack.show_manifest_commit(&head)));
 
     say("4. git push of a change whose tests fail");
-    let (bad, _) = stack.push_change("app.py", |t| t.replace("Hello from flask-app", "Hello from a broken change"), "flask-app: change greeting (breaks a test)");
+    let (bad, _) = stack.push_change(
+        "app.py",
+        |t| t.replace("Hello from flask-app", "Hello from a broken change"),
+        "flask-app: change greeting (breaks a test)",
+    );
     let build = stack.wait_build(&bad, BUILD_LIMIT).await?;
     print_build(&build);
     let events_after = stack.nats.stream_messages(EVENTS_STREAM).await.len();
@@ -58,7 +62,11 @@ async fn main() -> anyhow::Result<()> {
     println!("  manifest head:    {} (unchanged: {})", &head_after[..12.min(head_after.len())], head_after == head);
     ensure!(build["state"] == "failed" && events_after == events.len() && head_after == head, "a red build must deploy nothing");
 
-    say(&format!("Done in {:.1} s: green push deployed {}, red push stopped at its tests.", t0.elapsed().as_secs_f64(), event.image.reference()));
+    say(&format!(
+        "Done in {:.1} s: green push deployed {}, red push stopped at its tests.",
+        t0.elapsed().as_secs_f64(),
+        event.image.reference()
+    ));
     Ok(())
 }
 
@@ -71,9 +79,19 @@ fn indent(text: &str) -> String {
 }
 
 fn print_build(b: &serde_json::Value) {
-    println!("  build {} for {}: {}", b["id"].as_str().unwrap_or("?"), &b["commit"].as_str().unwrap_or("?")[..12], b["state"].as_str().unwrap_or("?").to_uppercase());
+    println!(
+        "  build {} for {}: {}",
+        b["id"].as_str().unwrap_or("?"),
+        &b["commit"].as_str().unwrap_or("?")[..12],
+        b["state"].as_str().unwrap_or("?").to_uppercase()
+    );
     for s in b["steps"].as_array().into_iter().flatten() {
-        println!("    {:<9} {:<10} {:>7} ms", s["name"].as_str().unwrap_or("?"), s["state"].as_str().unwrap_or("?"), s["duration_ms"].as_u64().unwrap_or(0));
+        println!(
+            "    {:<9} {:<10} {:>7} ms",
+            s["name"].as_str().unwrap_or("?"),
+            s["state"].as_str().unwrap_or("?"),
+            s["duration_ms"].as_u64().unwrap_or(0)
+        );
     }
     if let Some(image) = b["image"].as_str() {
         println!("  image  {image}");

@@ -1,7 +1,10 @@
 //! Real git repositories for tests: bare remotes on disk (with hooks) and work clones driven by
 //! the git CLI, exactly as a user would push.
 
-use std::{path::{Path, PathBuf}, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use crate::run;
 

@@ -9,7 +9,12 @@ pub mod nats;
 pub mod registry;
 pub mod ssh;
 
-use std::{net::TcpListener, path::Path, process::Command, time::{Duration, Instant}};
+use std::{
+    net::TcpListener,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 pub use docker::TestDocker;
 pub use git::{BareRepo, WorkClone};

@@ -1,6 +1,10 @@
 //! A private nats-server with JetStream on a free loopback port and a temp store dir.
 
-use std::{path::PathBuf, process::{Command, Stdio}, time::Duration};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use async_nats::jetstream;
 
@@ -92,12 +96,7 @@ impl TestNats {
         let js = self.jetstream().await;
         let mut h = async_nats::HeaderMap::new();
         h.insert(conveyor_proto::headers::MSG_ID, uuid_like().as_str());
-        js.publish_with_headers(subject.to_string(), h, payload.into())
-            .await
-            .expect("publish")
-            .await
-            .expect("publish ack")
-            .sequence
+        js.publish_with_headers(subject.to_string(), h, payload.into()).await.expect("publish").await.expect("publish ack").sequence
     }
 
     /// Publishes a (valid) event on its app's subject; returns the stream sequence.

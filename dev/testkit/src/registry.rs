@@ -2,7 +2,10 @@
 //! insecure registry for dockerd by default). On drop it stops and removes the images the local
 //! engine holds under this registry's address.
 
-use std::{process::{Command, Stdio}, time::Duration};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use crate::{free_port, ChildGuard};
 

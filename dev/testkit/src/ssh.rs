@@ -1,7 +1,11 @@
 //! A private OpenSSH server on a free loopback port, for git over ssh with a deploy key:
 //! its own host key, an authorized deploy key, and a known_hosts file that pins the host key.
 
-use std::{path::PathBuf, process::{Command, Stdio}, time::Duration};
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use crate::{free_port, run, ChildGuard};
 
