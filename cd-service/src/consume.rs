@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 use async_nats::jetstream::{self, consumer::pull, AckKind, Message};
 use futures::StreamExt;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::gitops::{Applied, ManifestRepo};
 use conveyor_proto::{stream::events_stream_config, ImageBuilt, EVENTS_SUBJECT_WILDCARD};
@@ -73,7 +74,10 @@ pub async fn handle(repo: &Arc<Mutex<ManifestRepo>>, msg: &Message) -> Outcome {
         }
     };
     let span = tracing::info_span!("apply", sequence, app = %event.app, tag = %event.image.tag, event.id = %event.event_id);
-    let _enter = span.enter();
+    apply(repo, msg, event, delivered).instrument(span).await
+}
+
+async fn apply(repo: &Arc<Mutex<ManifestRepo>>, msg: &Message, event: ImageBuilt, delivered: i64) -> Outcome {
     let repo = repo.clone();
     let applied = {
         let ev = event.clone();

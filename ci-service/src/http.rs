@@ -61,10 +61,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"),
-            JsonRejection::BytesRejection(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            _ => (StatusCode::BAD_REQUEST, "bad_request"),
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => (r.status(), "body_too_large"),
+            _ => (r.status(), "bad_request"),
         };
-        let status = if code == "body_too_large" && r.status() != StatusCode::PAYLOAD_TOO_LARGE { r.status() } else { status };
         ApiError::new(status, code, r.body_text())
     }
 }

@@ -168,8 +168,28 @@ pub fn context_entries(root: &Path, dockerfile: &str) -> Result<Vec<(PathBuf, St
 }
 
 /// Streams the context of `root` as a tar archive into `tx`. Deterministic headers (fixed
-/// mtime, uid 0) so an unchanged tree hits the Docker layer cache.
+/// mtime, uid 0) so an unchanged tree hits the Docker layer cache. On failure an error item is
+/// sent after the partial data, so the HTTP body aborts: a tar cut short at an entry boundary
+/// would otherwise read as a complete (smaller) context.
 pub fn stream_context(root: &Path, dockerfile: &str, tx: mpsc::Sender<Result<Bytes, io::Error>>) -> Result<u64, ContextError> {
+    let result = write_context(root, dockerfile, tx.clone());
+    if let Err(e) = &result {
+        if !e.is_receiver_gone() {
+            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+        }
+    }
+    result
+}
+
+impl ContextError {
+    /// The build request went away first (the engine failed or the build was cancelled): the
+    /// engine's error, not this one, is the cause.
+    pub fn is_receiver_gone(&self) -> bool {
+        matches!(self, ContextError::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+fn write_context(root: &Path, dockerfile: &str, tx: mpsc::Sender<Result<Bytes, io::Error>>) -> Result<u64, ContextError> {
     let entries = context_entries(root, dockerfile)?;
     let mut writer = ChannelWriter { tx, buf: Vec::with_capacity(CHUNK) };
     let mut tar = tar::Builder::new(&mut writer);
@@ -217,6 +237,24 @@ mod tests {
         std::fs::write(root.join(".dockerignore"), "venv\nDockerfile\n.dockerignore\n").unwrap();
         let names: Vec<String> = context_entries(root, "Dockerfile").unwrap().into_iter().map(|(_, r)| r).collect();
         assert_eq!(names, vec![".dockerignore", "Dockerfile", "app.py", "tests", "tests/test_app.py"]);
+    }
+
+    #[test]
+    fn a_context_that_cannot_be_written_aborts_the_body_instead_of_ending_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(dir.path().join("app.py"), "print(1)\n").unwrap();
+        // tar cannot archive a socket: the writer fails after the first entries.
+        let _sock = std::os::unix::net::UnixListener::bind(dir.path().join("z.sock")).unwrap();
+        let (tx, mut rx) = mpsc::channel(8);
+        let root = dir.path().to_path_buf();
+        let writer = std::thread::spawn(move || stream_context(&root, "Dockerfile", tx));
+        let mut items = Vec::new();
+        while let Some(item) = rx.blocking_recv() {
+            items.push(item);
+        }
+        assert!(writer.join().unwrap().is_err());
+        assert!(items.last().is_some_and(|i| i.is_err()), "the body must end with an error, not a clean EOF");
     }
 
     #[test]

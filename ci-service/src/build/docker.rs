@@ -94,14 +94,14 @@ pub async fn build_image(docker: &Docker, spec: BuildSpec<'_>, log: &dyn LogSink
         }
     }
     drop(stream);
-    // The context error, if any, explains a failed build better than the engine's message.
-    match producer.await {
-        Ok(Ok(files)) => log.line(&format!("[conveyor] sent build context: {files} entries")),
-        Ok(Err(e)) => return Err(e.into()),
-        Err(join) => return Err(DockerError::Build(format!("context writer panicked: {join}"))),
-    }
-    if let Some(msg) = failure {
-        return Err(DockerError::Build(msg));
+    // A context error (no Dockerfile, unreadable file) is the cause of a failed build, unless
+    // it only says that the engine stopped reading first.
+    match (producer.await, failure) {
+        (Ok(Err(e)), _) if !e.is_receiver_gone() => return Err(e.into()),
+        (_, Some(msg)) => return Err(DockerError::Build(msg)),
+        (Ok(Err(e)), None) => return Err(e.into()),
+        (Err(join), None) => return Err(DockerError::Build(format!("context writer panicked: {join}"))),
+        (Ok(Ok(files)), None) => log.line(&format!("[conveyor] sent build context: {files} entries")),
     }
     match image_id {
         Some(id) => Ok(id),
