@@ -11,13 +11,13 @@ use tokio::sync::Mutex;
 use tracing::Instrument;
 
 use crate::gitops::{Applied, ManifestRepo};
-use conveyor_proto::{stream::events_stream_config, ImageBuilt, EVENTS_SUBJECT_WILDCARD};
+use conveyor_proto::{stream::open_events_stream, ImageBuilt, EVENTS_SUBJECT_WILDCARD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
-    #[error("cannot connect to NATS at {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("cannot open the event stream or consumer: {0}")]
+    #[error(transparent)]
+    Open(#[from] conveyor_proto::stream::StreamError),
+    #[error("cannot open the durable consumer: {0}")]
     Setup(String),
 }
 
@@ -31,18 +31,8 @@ pub enum Outcome {
 }
 
 pub async fn open_consumer(url: &str, durable: &str, ack_wait: Duration, max_messages: i64) -> Result<pull::Stream, ConsumeError> {
-    let client = async_nats::ConnectOptions::new()
-        .name("conveyor-cd-service")
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .map_err(|e| ConsumeError::Connect { url: url.to_string(), message: e.to_string() })?;
-    let js = jetstream::new(client);
+    let (_js, stream) = open_events_stream(url, "conveyor-cd-service", max_messages).await?;
     let setup = |e: String| ConsumeError::Setup(e);
-    let stream = tokio::time::timeout(Duration::from_secs(30), js.get_or_create_stream(events_stream_config(max_messages, Duration::ZERO)))
-        .await
-        .map_err(|_| setup(format!("no answer from NATS at {url} within 30 s (is JetStream enabled?)")))?
-        .map_err(|e| setup(e.to_string()))?;
     let consumer = stream
         .get_or_create_consumer(
             durable,

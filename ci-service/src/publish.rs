@@ -4,14 +4,12 @@
 use std::time::Duration;
 
 use async_nats::{jetstream, HeaderMap};
-use conveyor_proto::{headers, stream::events_stream_config, subject_for_app, ImageBuilt, EVENT_VERSION};
+use conveyor_proto::{headers, stream::open_events_stream, subject_for_app, ImageBuilt, EVENT_VERSION};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("cannot connect to NATS at {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("cannot create or open the event stream: {0}")]
-    Stream(String),
+    #[error(transparent)]
+    Open(#[from] conveyor_proto::stream::StreamError),
     #[error("refusing to publish an invalid event: {0}")]
     Invalid(#[from] conveyor_proto::ValidationError),
     #[error("publish to {subject} failed: {message}")]
@@ -29,17 +27,7 @@ pub struct Publisher {
 impl Publisher {
     /// Connects and makes sure the event stream exists.
     pub async fn connect(url: &str, stream_max_messages: i64) -> Result<Self, PublishError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("conveyor-ci-service")
-            .retry_on_initial_connect()
-            .connect(url)
-            .await
-            .map_err(|e| PublishError::Connect { url: url.to_string(), message: e.to_string() })?;
-        let js = jetstream::new(client);
-        tokio::time::timeout(Duration::from_secs(30), js.get_or_create_stream(events_stream_config(stream_max_messages, Duration::ZERO)))
-            .await
-            .map_err(|_| PublishError::Stream(format!("no answer from NATS at {url} within 30 s (is JetStream enabled?)")))?
-            .map_err(|e| PublishError::Stream(e.to_string()))?;
+        let (js, _stream) = open_events_stream(url, "conveyor-ci-service", stream_max_messages).await?;
         Ok(Self { js })
     }
 

@@ -1,6 +1,7 @@
 //! The event contract between `ci-service` and `cd-service`: the image-built event, the NATS
 //! stream and subject names, the message headers and the validation both sides apply.
-//! This crate does no I/O; both services depend on it and nothing else of each other.
+//! Without features this crate does no I/O; the `nats` feature adds opening the shared stream.
+//! Both services depend on it and on nothing else of each other.
 
 pub mod event;
 pub mod names;

@@ -1,9 +1,42 @@
-//! The JetStream stream definition, identical for both services so that whichever starts first
-//! creates it and the other finds the same one.
+//! The JetStream stream of image-built events: its definition, identical for both services so
+//! that whichever starts first creates it and the other finds the same one, and how to open it.
 
 use std::time::Duration;
 
-use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{
+    self,
+    stream::{Config, DiscardPolicy, RetentionPolicy, StorageType, Stream},
+};
+
+/// Why the event stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("no answer from NATS at {url} within {secs} s (is JetStream enabled, `nats-server -js`?)")]
+    Timeout { url: String, secs: u64 },
+    #[error("cannot create or open the event stream: {0}")]
+    Stream(String),
+}
+
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects (retrying while the server is not up yet, within 30 s) and creates the event stream
+/// if it does not exist.
+pub async fn open_events_stream(url: &str, client_name: &str, max_messages: i64) -> Result<(jetstream::Context, Stream), StreamError> {
+    let timeout = || StreamError::Timeout { url: url.to_string(), secs: OPEN_TIMEOUT.as_secs() };
+    let client =
+        tokio::time::timeout(OPEN_TIMEOUT, async_nats::ConnectOptions::new().name(client_name).retry_on_initial_connect().connect(url))
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|e| StreamError::Connect { url: url.to_string(), message: e.to_string() })?;
+    let js = jetstream::new(client);
+    let stream = tokio::time::timeout(OPEN_TIMEOUT, js.get_or_create_stream(events_stream_config(max_messages, Duration::ZERO)))
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|e| StreamError::Stream(e.to_string()))?;
+    Ok((js, stream))
+}
 
 use crate::names::{EVENTS_STREAM, EVENTS_SUBJECT_WILDCARD};
 
