@@ -26,6 +26,7 @@ pub enum ConsumeError {
 pub enum Outcome {
     Committed { commit: String },
     AlreadyCurrent,
+    Pinned,
     Invalid(String),
     Failed { permanent: bool, reason: String },
 }
@@ -84,6 +85,11 @@ async fn apply(repo: &Arc<Mutex<ManifestRepo>>, msg: &Message, event: ImageBuilt
                 tracing::warn!(error = %e, "ack not confirmed; a redelivery will find the tag current");
             }
             Outcome::Committed { commit }
+        }
+        Ok(Ok(Applied::Pinned { locations })) => {
+            tracing::warn!(image = %event.image.reference(), ?locations, "references are pinned (conveyor:pin): not updated");
+            ack(msg, AckKind::Ack).await;
+            Outcome::Pinned
         }
         Ok(Ok(Applied::AlreadyCurrent)) => {
             tracing::info!(image = %event.image.reference(), "tag already current: no commit");

@@ -45,7 +45,10 @@ pub enum GitOpsError {
 impl GitOpsError {
     /// Errors that the same event cannot get past by being retried.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, GitOpsError::NoReference { .. } | GitOpsError::NoBranch { .. })
+        matches!(
+            self,
+            GitOpsError::NoReference { .. } | GitOpsError::NoBranch { .. } | GitOpsError::Rewrite(rewrite::RewriteError::Verify { .. })
+        )
     }
 }
 
@@ -85,6 +88,8 @@ pub enum Applied {
     Committed { commit: String, changes: Vec<Change>, attempts: u32 },
     /// Every reference already had this tag: nothing to commit.
     AlreadyCurrent,
+    /// The references that differ are pinned (`conveyor:pin`): nothing to commit. (path, line).
+    Pinned { locations: Vec<(String, usize)> },
 }
 
 pub struct ManifestRepo {
@@ -154,7 +159,7 @@ impl ManifestRepo {
 
     /// Applies the event: rewrite, commit, push; on a moved remote, re-sync and re-apply.
     pub fn apply(&self, event: &ImageBuilt) -> Result<Applied, GitOpsError> {
-        let target = Target { repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
+        let target = Target { app: &event.app, repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -168,7 +173,13 @@ impl ManifestRepo {
                 });
             }
             if rewrite.changes.is_empty() {
+                if !rewrite.pinned.is_empty() {
+                    return Ok(Applied::Pinned { locations: rewrite.pinned });
+                }
                 return Ok(Applied::AlreadyCurrent);
+            }
+            for (path, line) in &rewrite.pinned {
+                tracing::info!(%path, line, "reference pinned with conveyor:pin: left as it is");
             }
             let commit = self.commit(event, &rewrite.changes)?;
             match self.push() {

@@ -234,3 +234,78 @@ async fn ssh_failures_name_their_cause() {
     let ok = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &sshd.known_hosts()));
     assert!(ok.is_none(), "the right key and host key work: {ok:?}");
 }
+
+/// Every file of `dir`, relative paths, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().to_string_lossy().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_format_is_rewritten_byte_exactly() {
+    let formats = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = BareRepo::create(dir.path().join("manifests.git"));
+    let seed = WorkClone::init(dir.path().join("seed"), &bare);
+    copy_tree(&formats.join("before"), &seed.path);
+    seed.commit_all("manifests in every format");
+    seed.push();
+    let _cd = start_cd(&nats, &bare.url()).await;
+
+    // An all-digit short SHA: plain YAML would read it as a number, so it must be quoted there.
+    let mut ev = event("web", REPO, "202611230001");
+    ev.image.digest = format!("sha256:{}", "ab".repeat(32));
+    applied(&nats, nats.publish_event(&ev).await).await;
+
+    assert_eq!(bare.count("main"), 2, "one commit for all files");
+    let expected = formats.join("expected");
+    let files = files_under(&expected);
+    assert_eq!(files.len(), 11);
+    for rel in &files {
+        let want = std::fs::read_to_string(expected.join(rel)).unwrap();
+        assert_eq!(bare.show("main", rel), want, "{rel} differs from tests/fixtures/formats/expected/{rel}");
+    }
+    let msg = bare.message("main");
+    for changed in
+        ["base/statefulset.yaml", "charts/web/values.yaml", "compose/.env", "legacy/release.env", "overlays/production/kustomization.yaml"]
+    {
+        assert!(msg.contains(changed), "commit message lists {changed}:\n{msg}");
+    }
+    assert!(!msg.contains("legacy/pinned.yaml") && !msg.contains("base/kustomization.yaml"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_reference_is_not_updated() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = BareRepo::create(dir.path().join("manifests.git"));
+    let seed = WorkClone::init(dir.path().join("seed"), &bare);
+    seed.write(
+        "apps/web/deployment.yaml",
+        "spec:\n  containers:\n    - image: registry.example.test/team/web:1.0.0 # conveyor:pin rollback in progress\n",
+    );
+    seed.commit_all("pinned web");
+    seed.push();
+    let _cd = start_cd(&nats, &bare.url()).await;
+    applied(&nats, nats.publish_event(&event("web", REPO, "2.0.0")).await).await;
+    assert_eq!(bare.count("main"), 1, "no commit while pinned");
+    // Unpinned by a human: the next build goes out.
+    seed.write("apps/web/deployment.yaml", "spec:\n  containers:\n    - image: registry.example.test/team/web:1.0.0\n");
+    seed.commit_all("unpin web");
+    seed.push();
+    applied(&nats, nats.publish_event(&event("web", REPO, "2.0.1")).await).await;
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:2.0.1\n"));
+}

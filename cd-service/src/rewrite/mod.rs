@@ -1,10 +1,16 @@
-//! Manifest rewriting: finds the references to an image repository in a manifest tree and
-//! replaces only the bytes of their tag (and digest, where one is pinned). Files are never
-//! re-serialized; symlinks are never followed, so nothing outside the repository is touched.
+//! Manifest rewriting: finds the references to an image in a manifest tree and replaces only the
+//! bytes of their tag (and digest, where one is pinned). Files are never re-serialized: every
+//! YAML splice is re-parsed and must differ from the original only in the replaced values, or
+//! the file is not written. Symlinks are never followed, so nothing outside the repository is
+//! read or touched.
 
+pub mod env;
+pub mod line;
+pub mod verify;
 pub mod yaml;
 
 use std::{
+    collections::HashSet,
     io,
     path::{Path, PathBuf},
 };
@@ -20,12 +26,28 @@ pub struct Change {
     pub new: String,
 }
 
+/// The rewrite of one file.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FileRewrite {
+    pub text: String,
+    /// References to the image found, current or not.
+    pub references: usize,
+    /// 1-based lines of references held by a `conveyor:pin` comment.
+    pub pinned: Vec<usize>,
+    /// (1-based line, old value, new value).
+    pub changes: Vec<(usize, String, String)>,
+    /// Whether the file holds a `repo:${IMAGE_TAG}` template of the image.
+    pub templates: bool,
+}
+
 /// What a rewrite of a tree found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TreeRewrite {
-    /// References to the repository found, current or not.
+    /// References to the image found, current or not.
     pub references: usize,
-    /// The ones that were changed (and written).
+    /// References held by a pin, as (path, line).
+    pub pinned: Vec<(String, usize)>,
+    /// The values that were changed (and written).
     pub changes: Vec<Change>,
 }
 
@@ -33,21 +55,30 @@ pub struct TreeRewrite {
 pub enum RewriteError {
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("refusing to write {path}: {source}")]
+    Verify { path: String, source: verify::VerifyError },
 }
 
-/// The new value for an image reference.
-#[derive(Debug, Clone)]
+/// The new value for an image's references.
+#[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
+    /// The app, which is also the name of its Flux image policy.
+    pub app: &'a str,
     pub repository: &'a str,
     pub tag: &'a str,
-    /// Written only where the manifest already pins a digest (`repo:tag@sha256:...`).
+    /// Written only where the manifest already pins a digest.
     pub digest: &'a str,
 }
 
-/// Rewrites every `.yaml`/`.yml` file under `root` (skipping `.git` and symlinks) and writes the
-/// files that changed.
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RewriteError + '_ {
+    move |source| RewriteError::Io { path: path.to_path_buf(), source }
+}
+
+/// Rewrites the manifests under `root` (skipping `.git` and symlinks) and writes the files that
+/// changed. Nothing is written unless every changed file passed verification.
 pub fn rewrite_tree(root: &Path, target: &Target<'_>) -> Result<TreeRewrite, RewriteError> {
-    let mut result = TreeRewrite::default();
+    let mut yaml_files = Vec::new();
+    let mut env_files = Vec::new();
     let walk = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| e.file_name() != ".git");
     for entry in walk {
         let entry = entry.map_err(|e| RewriteError::Io {
@@ -57,32 +88,79 @@ pub fn rewrite_tree(root: &Path, target: &Target<'_>) -> Result<TreeRewrite, Rew
         if !entry.file_type().is_file() {
             continue;
         }
-        let path = entry.path();
-        if !matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-            continue;
-        }
-        let io_err = |source| RewriteError::Io { path: path.to_path_buf(), source };
-        let Ok(text) = String::from_utf8(std::fs::read(path).map_err(io_err)?) else {
-            tracing::warn!(path = %path.display(), "skipping a manifest that is not UTF-8");
-            continue;
-        };
-        let rel = path.strip_prefix(root).expect("walkdir yields paths under its root").to_string_lossy().replace('\\', "/");
-        let file = yaml::rewrite(&text, target);
-        result.references += file.references;
-        if !file.changes.is_empty() {
-            std::fs::write(path, file.text.as_bytes()).map_err(io_err)?;
-            result.changes.extend(file.changes.into_iter().map(|(line, old, new)| Change { path: rel.clone(), line, old, new }));
+        let name = entry.file_name().to_string_lossy();
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            yaml_files.push(entry.into_path());
+        } else if env::is_env_file(&name) {
+            env_files.push(entry.into_path());
         }
     }
+
+    let mut result = TreeRewrite::default();
+    let mut writes: Vec<(PathBuf, String)> = Vec::new();
+    let mut template_dirs: HashSet<PathBuf> = HashSet::new();
+    let rel = |p: &Path| p.strip_prefix(root).expect("walkdir yields paths under its root").to_string_lossy().replace('\\', "/");
+
+    for path in &yaml_files {
+        let Some(text) = read_utf8(path)? else { continue };
+        let old = match verify::parse_all(&text) {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::warn!(path = %rel(path), error = %e, "skipping a manifest that is not valid YAML");
+                continue;
+            }
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let kustomization = matches!(name.as_str(), "kustomization.yaml" | "kustomization.yml" | "Kustomization");
+        let file = yaml::rewrite(&text, target, kustomization);
+        if file.templates {
+            template_dirs.insert(path.parent().unwrap_or(root).to_path_buf());
+        }
+        if !file.changes.is_empty() {
+            verify::check(&old, &file.text, &file.changes).map_err(|source| RewriteError::Verify { path: rel(path), source })?;
+        }
+        collect(&mut result, &mut writes, &rel(path), path, file);
+    }
+    for path in &env_files {
+        let Some(text) = read_utf8(path)? else { continue };
+        let next_to_template = template_dirs.contains(path.parent().unwrap_or(root));
+        let file = env::rewrite(&text, target, next_to_template);
+        collect(&mut result, &mut writes, &rel(path), path, file);
+    }
+    for (path, text) in writes {
+        std::fs::write(&path, text.as_bytes()).map_err(io_err(&path))?;
+    }
     Ok(result)
+}
+
+fn read_utf8(path: &Path) -> Result<Option<String>, RewriteError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    match String::from_utf8(bytes) {
+        Ok(t) => Ok(Some(t)),
+        Err(_) => {
+            tracing::warn!(path = %path.display(), "skipping a manifest that is not UTF-8");
+            Ok(None)
+        }
+    }
+}
+
+fn collect(result: &mut TreeRewrite, writes: &mut Vec<(PathBuf, String)>, rel: &str, path: &Path, file: FileRewrite) {
+    result.references += file.references;
+    result.pinned.extend(file.pinned.iter().map(|l| (rel.to_string(), *l)));
+    if !file.changes.is_empty() {
+        result.changes.extend(file.changes.into_iter().map(|(line, old, new)| Change { path: rel.to_string(), line, old, new }));
+        writes.push((path.to_path_buf(), file.text));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const T: Target<'static> = Target { app: "app", repository: "reg/app", tag: "new", digest: "sha256:00" };
+
     #[test]
-    fn rewrites_only_yaml_and_never_follows_symlinks() {
+    fn rewrites_only_yaml_and_env_and_never_follows_symlinks() {
         let repo = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let manifest = "spec:\n  image: reg/app:old\n";
@@ -93,8 +171,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret.yaml"), repo.path().join("link.yaml")).unwrap();
         std::os::unix::fs::symlink(outside.path(), repo.path().join("linkdir")).unwrap();
 
-        let t = Target { repository: "reg/app", tag: "new", digest: "sha256:00" };
-        let r = rewrite_tree(repo.path(), &t).unwrap();
+        let r = rewrite_tree(repo.path(), &T).unwrap();
         assert_eq!(r.references, 1);
         assert_eq!(
             r.changes,
@@ -102,5 +179,26 @@ mod tests {
         );
         assert_eq!(std::fs::read_to_string(outside.path().join("secret.yaml")).unwrap(), manifest, "outside file untouched");
         assert_eq!(std::fs::read_to_string(repo.path().join("notes.txt")).unwrap(), manifest);
+    }
+
+    #[test]
+    fn env_files_next_to_a_template_are_updated() {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::write(repo.path().join("deploy.yaml"), "image: reg/app:${IMAGE_TAG}\n").unwrap();
+        std::fs::write(repo.path().join("prod.env"), "IMAGE_TAG=old\n").unwrap();
+        let r = rewrite_tree(repo.path(), &T).unwrap();
+        assert_eq!(r.references, 2);
+        assert_eq!(std::fs::read_to_string(repo.path().join("prod.env")).unwrap(), "IMAGE_TAG=new\n");
+        assert_eq!(std::fs::read_to_string(repo.path().join("deploy.yaml")).unwrap(), "image: reg/app:${IMAGE_TAG}\n");
+    }
+
+    #[test]
+    fn invalid_yaml_is_skipped_not_edited() {
+        let repo = tempfile::tempdir().unwrap();
+        let broken = "image: reg/app:old\n  bad: [\n";
+        std::fs::write(repo.path().join("broken.yaml"), broken).unwrap();
+        let r = rewrite_tree(repo.path(), &T).unwrap();
+        assert_eq!((r.references, r.changes.len()), (0, 0));
+        assert_eq!(std::fs::read_to_string(repo.path().join("broken.yaml")).unwrap(), broken);
     }
 }

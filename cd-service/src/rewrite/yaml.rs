@@ -1,54 +1,201 @@
-//! `image:` fields in Kubernetes YAML (Deployment, Pod, ... `containers` / `initContainers`):
-//! finds `image: <ref>` mappings line by line, plain or quoted, and splices the new reference
-//! into exactly the bytes of the old one. Comments, quoting, indentation, key order, document
-//! separators and line endings stay as they were.
+//! Image references in Kubernetes YAML, in the shapes our users' repositories have:
+//! - `image: repo:tag` fields (Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod; `containers`
+//!   and `initContainers`), a pinned digest kept pinned;
+//! - Helm values: a mapping with `repository` (plus `registry`, if split) and `tag` (and
+//!   `digest`), or `image: repo` with a sibling `tag`;
+//! - kustomize `images:` entries (`name`/`newName`, `newTag`, `digest`) in kustomization files;
+//! - Flux setter markers (`# {"$imagepolicy": "ns:<app>"}`, `...:tag`), the policy name being
+//!   the app;
+//! - `repo:${IMAGE_TAG}` templates are recognised and left alone (the env file next to them
+//!   carries the tag).
+//!
+//! A `conveyor:pin` comment on a reference (or its tag line) stops it from being updated.
+//! Only the bytes of a value change; a plain tag YAML would read as a number or boolean
+//! (`1.10`, `true`) is written quoted.
 
-use super::Target;
+use std::collections::BTreeMap;
 
-/// The result of rewriting one file.
-#[derive(Debug, PartialEq, Eq)]
-pub struct FileRewrite {
-    pub text: String,
-    /// References to the target repository found (current or not).
-    pub references: usize,
-    /// (1-based line, old value, new value) for each replaced reference.
-    pub changes: Vec<(usize, String, String)>,
+use super::{
+    line::{block_scalar_lines, mapping_of, parse, KeyLine, Span},
+    FileRewrite, Target,
+};
+
+/// Rewrites the references to `target` in one YAML file.
+pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewrite {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut out = FileRewrite::default();
+    let mut edits: BTreeMap<usize, (Span, String)> = BTreeMap::new();
+    // Text inside block scalars is never a reference, whatever it looks like.
+    let mut consumed = block_scalar_lines(&lines);
+    let pinned = |k: &KeyLine<'_>| k.comment.is_some_and(|c| c.contains("conveyor:pin"));
+
+    for idx in 0..lines.len() {
+        let line = lines[idx];
+        if consumed[idx] {
+            continue;
+        }
+        let Some(k) = parse(line) else { continue };
+
+        // Flux setter markers decide for their line.
+        if let Some((policy, field)) = k.comment.and_then(image_policy) {
+            consumed[idx] = true;
+            if policy != target.app {
+                continue;
+            }
+            out.references += 1;
+            let (Some(span), Some(old)) = (k.value, k.value_str(line)) else { continue };
+            if pinned(&k) {
+                out.pinned.push(idx + 1);
+                continue;
+            }
+            let new = match field {
+                PolicyField::Full => full_ref(old, target),
+                PolicyField::Tag => scalar(target.tag, span),
+                PolicyField::Name => continue,
+            };
+            edits.insert(idx, (span, new));
+            continue;
+        }
+        let Some(value) = k.value_str(line) else { continue };
+
+        // Repository and tag in separate keys: Helm values, kustomize images.
+        if let Some((repository, tag_key)) = split_reference(&lines, idx, &k, value, kustomization) {
+            let mapping = mapping_of(&lines, idx);
+            let find = |key: &str| mapping.iter().find(|(_, m)| m.key == key);
+            if repository != target.repository {
+                continue;
+            }
+            out.references += 1;
+            let tag_line = find(tag_key);
+            let digest_line = find("digest");
+            for (i, _) in [tag_line, digest_line].into_iter().flatten() {
+                consumed[*i] = true;
+            }
+            if pinned(&k) || tag_line.is_some_and(|(_, t)| pinned(t)) || digest_line.is_some_and(|(_, d)| pinned(d)) {
+                out.pinned.push(idx + 1);
+                continue;
+            }
+            if let Some((i, t)) = tag_line {
+                if let Some(span) = t.value {
+                    edits.insert(*i, (span, scalar(target.tag, span)));
+                }
+            }
+            if let Some((i, d)) = digest_line {
+                if let Some(span) = d.value {
+                    edits.insert(*i, (span, target.digest.to_string()));
+                }
+            }
+            continue;
+        }
+
+        // `image: repo:tag`.
+        if k.key == "image" {
+            let Some(r) = ImageRefParts::parse(value) else { continue };
+            if r.repository != target.repository {
+                continue;
+            }
+            out.references += 1;
+            if value.contains("${") {
+                out.templates = true;
+                continue;
+            }
+            if pinned(&k) {
+                out.pinned.push(idx + 1);
+                continue;
+            }
+            edits.insert(idx, (k.value.expect("a value was read from this span"), full_ref(value, target)));
+        }
+    }
+
+    let mut text_out = String::with_capacity(text.len() + 64);
+    for (idx, line) in lines.iter().enumerate() {
+        match edits.get(&idx) {
+            Some((span, new)) if &line[span.start..span.end] != new => {
+                text_out.push_str(&line[..span.start]);
+                text_out.push_str(new);
+                text_out.push_str(&line[span.end..]);
+                out.changes.push((idx + 1, line[span.start..span.end].to_string(), new.trim_matches('"').to_string()));
+            }
+            _ => text_out.push_str(line),
+        }
+    }
+    out.text = text_out;
+    out
 }
 
-/// Rewrites the references to `target.repository` in `text`.
-pub fn rewrite(text: &str, target: &Target<'_>) -> FileRewrite {
-    let mut out = String::with_capacity(text.len() + 64);
-    let mut references = 0;
-    let mut changes = Vec::new();
-    for (idx, line) in text.split_inclusive('\n').enumerate() {
-        let Some((start, end)) = image_value_span(line) else {
-            out.push_str(line);
-            continue;
-        };
-        let old = &line[start..end];
-        let Some(r) = ImageRefParts::parse(old) else {
-            out.push_str(line);
-            continue;
-        };
-        if r.repository != target.repository {
-            out.push_str(line);
-            continue;
+/// For a key that names a repository with the tag elsewhere: (full repository, tag key).
+fn split_reference(lines: &[&str], idx: usize, k: &KeyLine<'_>, value: &str, kustomization: bool) -> Option<(String, &'static str)> {
+    let mapping = || mapping_of(lines, idx);
+    let value_of =
+        |key: &str| mapping().into_iter().find(|(_, m)| m.key == key).and_then(|(i, m)| m.value_str(lines[i]).map(str::to_string));
+    match k.key {
+        "name" | "newName" if kustomization => {
+            let m = mapping();
+            if !m.iter().any(|(_, e)| e.key == "newTag" || e.key == "digest") {
+                return None;
+            }
+            // With a newName, the newName line is the reference; `name` is what it replaces.
+            if k.key == "name" && m.iter().any(|(_, e)| e.key == "newName") {
+                return None;
+            }
+            Some((value.to_string(), "newTag"))
         }
-        references += 1;
-        let new = match r.digest {
-            Some(_) => format!("{}:{}@{}", target.repository, target.tag, target.digest),
-            None => format!("{}:{}", target.repository, target.tag),
-        };
-        if new == old {
-            out.push_str(line);
-            continue;
+        "repository" => {
+            let full = match value_of("registry") {
+                Some(reg) => format!("{}/{value}", reg.trim_end_matches('/')),
+                None => value.to_string(),
+            };
+            Some((full, "tag"))
         }
-        out.push_str(&line[..start]);
-        out.push_str(&new);
-        out.push_str(&line[end..]);
-        changes.push((idx + 1, old.to_string(), new));
+        "image" if ImageRefParts::parse(value).is_some_and(|r| r.tag.is_none() && r.digest.is_none()) && value_of("tag").is_some() => {
+            Some((value.to_string(), "tag"))
+        }
+        _ => None,
     }
-    FileRewrite { text: out, references, changes }
+}
+
+/// `repo:tag`, or `repo:tag@digest` where the old value pinned a digest.
+fn full_ref(old: &str, target: &Target<'_>) -> String {
+    match ImageRefParts::parse(old).and_then(|r| r.digest) {
+        Some(_) => format!("{}:{}@{}", target.repository, target.tag, target.digest),
+        None => format!("{}:{}", target.repository, target.tag),
+    }
+}
+
+/// A tag written into a value: a plain scalar YAML would not read as that string gets quotes.
+fn scalar(tag: &str, span: Span) -> String {
+    if span.quote.is_some() || reads_as_string(tag) {
+        tag.to_string()
+    } else {
+        format!("\"{tag}\"")
+    }
+}
+
+fn reads_as_string(plain: &str) -> bool {
+    matches!(serde_norway::from_str::<serde_norway::Value>(plain), Ok(serde_norway::Value::String(s)) if s == plain)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum PolicyField {
+    Full,
+    Tag,
+    Name,
+}
+
+/// Reads `{"$imagepolicy": "<namespace>:<name>[:tag|:name]"}` from a comment: (name, field).
+fn image_policy(comment: &str) -> Option<(&str, PolicyField)> {
+    let rest = &comment[comment.find("\"$imagepolicy\"")? + "\"$imagepolicy\"".len()..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let value = &rest[..rest.find('"')?];
+    let mut parts = value.split(':');
+    let (_namespace, name) = (parts.next()?, parts.next()?);
+    let field = match parts.next() {
+        None => PolicyField::Full,
+        Some("tag") => PolicyField::Tag,
+        Some("name") => PolicyField::Name,
+        Some(_) => return None,
+    };
+    Some((name, field))
 }
 
 /// A container image reference split into repository, tag and digest.
@@ -76,64 +223,15 @@ impl<'a> ImageRefParts<'a> {
     }
 }
 
-/// Byte range of the value of an `image:` mapping on this line (inside quotes, if quoted), or
-/// `None` if the line is not one.
-fn image_value_span(line: &str) -> Option<(usize, usize)> {
-    let bytes = line.as_bytes();
-    let mut i = skip_ws(bytes, 0);
-    // A sequence entry: `- image: x`.
-    if bytes.get(i) == Some(&b'-') && bytes.get(i + 1).is_some_and(|b| *b == b' ' || *b == b'\t') {
-        i = skip_ws(bytes, i + 1);
-    }
-    let rest = &line[i..];
-    let key_len = ["image", "\"image\"", "'image'"].iter().find(|k| rest.starts_with(**k)).map(|k| k.len())?;
-    i = skip_ws(bytes, i + key_len);
-    if bytes.get(i) != Some(&b':') {
-        return None;
-    }
-    i += 1;
-    if !bytes.get(i).is_some_and(|b| *b == b' ' || *b == b'\t') {
-        return None;
-    }
-    i = skip_ws(bytes, i);
-    match bytes.get(i)? {
-        q @ (b'"' | b'\'') => {
-            let start = i + 1;
-            let len = line[start..].find(*q as char)?;
-            let value = &line[start..start + len];
-            if value.contains('\\') {
-                return None;
-            }
-            Some((start, start + len))
-        }
-        b'|' | b'>' | b'&' | b'*' | b'{' | b'[' | b'#' | b'\n' | b'\r' => None,
-        _ => {
-            let start = i;
-            let mut end = line.len();
-            if let Some(pos) = line[start..].find(" #").or_else(|| line[start..].find("\t#")) {
-                end = start + pos;
-            }
-            let value = line[start..end].trim_end();
-            if value.is_empty() {
-                return None;
-            }
-            Some((start, start + value.len()))
-        }
-    }
-}
-
-fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
-    while bytes.get(i).is_some_and(|b| *b == b' ' || *b == b'\t') {
-        i += 1;
-    }
-    i
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const T: Target<'static> = Target { repository: "127.0.0.1:5000/flask-app", tag: "abc123", digest: "sha256:feed" };
+    const T: Target<'static> = Target { app: "flask-app", repository: "127.0.0.1:5000/flask-app", tag: "abc123", digest: "sha256:feed" };
+
+    fn rw(text: &str) -> FileRewrite {
+        rewrite(text, &T, false)
+    }
 
     #[test]
     fn splices_only_the_value_and_keeps_every_other_byte() {
@@ -142,23 +240,25 @@ mod tests {
             .replace("\"127.0.0.1:5000/flask-app:old\"", "\"127.0.0.1:5000/flask-app:abc123\"")
             .replace("image: 127.0.0.1:5000/flask-app:old #", "image: 127.0.0.1:5000/flask-app:abc123 #")
             .replace("image:   127.0.0.1:5000/flask-app\r\n", "image:   127.0.0.1:5000/flask-app:abc123\r\n");
-        let r = rewrite(before, &T);
+        let r = rw(before);
         assert_eq!(r.text, expected);
-        assert_eq!(r.references, 3, "flow mappings are not rewritten yet, the other repo is not ours");
+        assert_eq!(r.references, 3, "flow mappings are not rewritten, the other repo is not ours");
         assert_eq!(r.changes.iter().map(|c| c.0).collect::<Vec<_>>(), vec![9, 12, 21]);
     }
 
     #[test]
     fn a_current_tag_is_a_reference_but_no_change() {
         let text = "image: 127.0.0.1:5000/flask-app:abc123\n";
-        let r = rewrite(text, &T);
+        let r = rw(text);
         assert_eq!((r.references, r.changes.len(), r.text.as_str()), (1, 0, text));
     }
 
     #[test]
     fn a_pinned_digest_stays_pinned_with_the_new_one() {
-        let r = rewrite("  image: 127.0.0.1:5000/flask-app:old@sha256:dead\n", &T);
-        assert_eq!(r.text, "  image: 127.0.0.1:5000/flask-app:abc123@sha256:feed\n");
+        assert_eq!(
+            rw("  image: 127.0.0.1:5000/flask-app:old@sha256:dead\n").text,
+            "  image: 127.0.0.1:5000/flask-app:abc123@sha256:feed\n"
+        );
     }
 
     #[test]
@@ -171,10 +271,57 @@ mod tests {
             "image: |\n",
             "description: \"image: 127.0.0.1:5000/flask-app:old\"\n",
         ] {
-            let r = rewrite(line, &T);
+            let r = rw(line);
             assert_eq!(r.text, line);
             assert_eq!(r.references, 0, "{line:?}");
         }
+    }
+
+    #[test]
+    fn helm_values_update_the_sibling_tag() {
+        let split = "image:\n  registry: 127.0.0.1:5000\n  repository: flask-app\n  pullPolicy: IfNotPresent\n  # Overrides the chart's appVersion\n  tag: \"1.0.0\"\nservice:\n  tag: keep\n";
+        assert_eq!(rw(split).text, split.replace("\"1.0.0\"", "\"abc123\""));
+        let joined = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0.0\n";
+        assert_eq!(rw(joined).text, joined.replace("1.0.0", "abc123"));
+        let image_key = "web:\n  image: 127.0.0.1:5000/flask-app\n  tag: v1 # app version\n";
+        assert_eq!(rw(image_key).text, image_key.replace("v1", "abc123"), "a tag-less image with a sibling tag keeps its own key");
+    }
+
+    #[test]
+    fn numeric_looking_tags_are_quoted_in_plain_values() {
+        let t = Target { tag: "1.10", ..T };
+        let text = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0.0\n";
+        assert_eq!(rewrite(text, &t, false).text, "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: \"1.10\"\n");
+    }
+
+    #[test]
+    fn kustomize_images_entries() {
+        let k = "resources:\n  - deployment.yaml\nimages:\n  - name: flask-app\n    newName: 127.0.0.1:5000/flask-app\n    newTag: old\n  - name: 127.0.0.1:5000/flask-app-worker\n    newTag: keep\n  - name: 127.0.0.1:5000/flask-app\n    digest: sha256:dead\n";
+        let r = rewrite(k, &T, true);
+        assert_eq!(r.text, k.replace("newTag: old", "newTag: abc123").replace("sha256:dead", "sha256:feed"));
+        assert_eq!(r.references, 2);
+        assert_eq!(rewrite(k, &T, false).references, 0, "name/newTag only count in kustomization files");
+    }
+
+    #[test]
+    fn flux_setter_markers() {
+        let text = "spec:\n  image: registry.other/x:1 # {\"$imagepolicy\": \"flux-system:flask-app\"}\n  tag: 1 # {\"$imagepolicy\": \"flux-system:flask-app:tag\"}\n  name: r/x # {\"$imagepolicy\": \"flux-system:flask-app:name\"}\n  image: a/b:2 # {\"$imagepolicy\": \"flux-system:other\"}\n";
+        let r = rw(text);
+        assert_eq!(
+            r.text,
+            "spec:\n  image: 127.0.0.1:5000/flask-app:abc123 # {\"$imagepolicy\": \"flux-system:flask-app\"}\n  tag: abc123 # {\"$imagepolicy\": \"flux-system:flask-app:tag\"}\n  name: r/x # {\"$imagepolicy\": \"flux-system:flask-app:name\"}\n  image: a/b:2 # {\"$imagepolicy\": \"flux-system:other\"}\n"
+        );
+    }
+
+    #[test]
+    fn pins_and_templates_are_left_alone() {
+        let text =
+            "a:\n  image: 127.0.0.1:5000/flask-app:1.0 # conveyor:pin incident-42\nb:\n  image: 127.0.0.1:5000/flask-app:${IMAGE_TAG}\n";
+        let r = rw(text);
+        assert_eq!(r.text, text);
+        assert_eq!((r.references, r.pinned.clone(), r.templates), (2, vec![2], true));
+        let helm = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0 # conveyor:pin\n";
+        assert_eq!(rw(helm).text, helm);
     }
 
     #[test]
