@@ -54,6 +54,14 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_ACK_WAIT_SECS", default_value_t = 120)]
     pub ack_wait_secs: u64,
 
+    /// Events applied in one commit at most (events pending together are batched).
+    #[arg(long, env = "CONVEYOR_BATCH_MAX", default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch_max: u16,
+
+    /// Milliseconds to wait for more pending events once one arrived.
+    #[arg(long, env = "CONVEYOR_BATCH_WAIT_MS", default_value_t = 20)]
+    pub batch_wait_ms: u64,
+
     /// Events kept in the stream (used only when this service creates the stream).
     #[arg(long, env = "CONVEYOR_STREAM_MAX_MESSAGES", default_value_t = 100_000)]
     pub stream_max_messages: i64,
@@ -62,6 +70,16 @@ pub struct Config {
 impl Config {
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs)
+    }
+
+    pub fn consume_options(&self) -> crate::consume::ConsumeOptions {
+        crate::consume::ConsumeOptions {
+            durable: self.consumer.clone(),
+            ack_wait: self.ack_wait(),
+            stream_max_messages: self.stream_max_messages,
+            batch_max: self.batch_max as usize,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+        }
     }
 
     /// A configuration with the defaults and this manifest repository.

@@ -1,17 +1,27 @@
-//! The durable JetStream consumer: validates each image-built event, applies it to the manifest
-//! repository and acks only once the commit is on the remote (or nothing needed committing).
-//! Invalid events are terminated with the reason logged; transient failures are nak'ed with a
-//! growing delay; the loop itself never stops on bad input.
+//! The durable JetStream consumer: takes the events that are pending together (bounded batch
+//! size and wait), validates them, applies them to the manifest repository in one commit and
+//! acks each only once that commit is on the remote (or its event needed no commit). Events that
+//! can never apply (invalid, or naming an image no manifest uses) go to the dead-letter stream
+//! with the reason, then are terminated; if that publish fails they are handed back instead, so
+//! nothing is lost. Transient failures nak the batch with a growing delay. Bad input never stops
+//! the loop.
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::{self, consumer::pull, AckKind, Message};
+use async_nats::{
+    jetstream::{self, consumer::pull, AckKind, Message},
+    HeaderMap,
+};
 use futures::StreamExt;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-use crate::gitops::{Applied, ManifestRepo};
-use conveyor_proto::{stream::open_events_stream, ImageBuilt, EVENTS_SUBJECT_WILDCARD};
+use crate::gitops::{BatchOutcome, ManifestRepo, Verdict};
+use conveyor_proto::{
+    headers,
+    stream::{deadletter_stream_config, open_events_stream},
+    ImageBuilt, DEADLETTER_SUBJECT, EVENTS_SUBJECT_WILDCARD,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
@@ -21,98 +31,224 @@ pub enum ConsumeError {
     Setup(String),
 }
 
-/// What happened to one message (logged, and returned for tests).
+/// How events are taken from the stream.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    pub durable: String,
+    pub ack_wait: Duration,
+    pub stream_max_messages: i64,
+    /// Events applied in one commit at most.
+    pub batch_max: usize,
+    /// How long to wait for more pending events once one arrived.
+    pub batch_wait: Duration,
+}
+
+/// The consumer's connection: the message stream and the context for dead letters.
+pub struct Consumer {
+    js: jetstream::Context,
+    messages: pull::Stream,
+    opts: ConsumeOptions,
+}
+
+/// What happened to one message (logged, and counted by tests).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Committed { commit: String },
     AlreadyCurrent,
     Pinned,
-    Invalid(String),
-    Failed { permanent: bool, reason: String },
+    Stale,
+    DeadLettered(String),
+    Retry(String),
 }
 
-pub async fn open_consumer(url: &str, durable: &str, ack_wait: Duration, max_messages: i64) -> Result<pull::Stream, ConsumeError> {
-    let (_js, stream) = open_events_stream(url, "conveyor-cd-service", max_messages).await?;
-    let setup = |e: String| ConsumeError::Setup(e);
-    let consumer = stream
-        .get_or_create_consumer(
-            durable,
-            pull::Config {
-                durable_name: Some(durable.to_string()),
-                filter_subject: EVENTS_SUBJECT_WILDCARD.to_string(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                // One event in flight per consumer: events for an app are applied in stream order.
-                max_ack_pending: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| setup(e.to_string()))?;
-    consumer.messages().await.map_err(|e| setup(e.to_string()))
-}
+impl Consumer {
+    pub async fn open(url: &str, opts: ConsumeOptions) -> Result<Self, ConsumeError> {
+        let (js, stream) = open_events_stream(url, "conveyor-cd-service", opts.stream_max_messages).await?;
+        let setup = |e: String| ConsumeError::Setup(e);
+        js.get_or_create_stream(deadletter_stream_config(opts.stream_max_messages)).await.map_err(|e| setup(e.to_string()))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                &opts.durable,
+                pull::Config {
+                    durable_name: Some(opts.durable.clone()),
+                    filter_subject: EVENTS_SUBJECT_WILDCARD.to_string(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: opts.ack_wait,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    // At most one batch in flight: events are applied in stream order.
+                    max_ack_pending: opts.batch_max.max(1) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let messages = consumer.messages().await.map_err(|e| setup(e.to_string()))?;
+        Ok(Self { js, messages, opts })
+    }
 
-/// Handles one message: apply, then ack / nak / term.
-pub async fn handle(repo: &Arc<Mutex<ManifestRepo>>, msg: &Message) -> Outcome {
-    let (sequence, delivered) = msg.info().map(|i| (i.stream_sequence, i.delivered)).unwrap_or((0, 1));
-    let event = match ImageBuilt::from_json(&msg.payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(sequence, subject = %msg.subject, error = %e, "invalid event: terminated, nothing written");
-            ack(msg, AckKind::Term).await;
-            return Outcome::Invalid(e.to_string());
+    /// Pulls and applies batches until `shutdown` resolves; the batch in progress is finished first.
+    pub async fn run(mut self, repo: Arc<Mutex<ManifestRepo>>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                _ = &mut shutdown => break,
+                next = self.messages.next() => next,
+            };
+            let first = match first {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error; continuing");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                None => {
+                    tracing::error!("the consumer's message stream ended");
+                    break;
+                }
+            };
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.opts.batch_wait;
+            while batch.len() < self.opts.batch_max {
+                match tokio::time::timeout_at(deadline, self.messages.next()).await {
+                    Ok(Some(Ok(msg))) => batch.push(msg),
+                    Ok(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "consumer error while batching");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            handle_batch(&repo, &self.js, batch).await;
         }
-    };
-    let span = tracing::info_span!("apply", sequence, app = %event.app, tag = %event.image.tag, event.id = %event.event_id);
-    apply(repo, msg, event, delivered).instrument(span).await
+    }
 }
 
-async fn apply(repo: &Arc<Mutex<ManifestRepo>>, msg: &Message, event: ImageBuilt, delivered: i64) -> Outcome {
-    let repo = repo.clone();
-    let applied = {
-        let ev = event.clone();
-        let guard = repo.lock_owned().await;
-        tokio::task::spawn_blocking(move || guard.apply(&ev)).await
-    };
-    match applied {
-        Ok(Ok(Applied::Committed { commit, changes, attempts })) => {
-            let files: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
-            tracing::info!(%commit, ?files, attempts, image = %event.image.reference(), "manifest commit pushed");
-            // Wait for the server to confirm the ack: the commit is pushed, so a redelivery would
-            // only find the tag current, but a confirmed ack keeps the log honest.
+/// Applies one batch and settles every message in it.
+pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Context, batch: Vec<Message>) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut valid: Vec<(Message, ImageBuilt)> = Vec::new();
+    for msg in batch {
+        match ImageBuilt::from_json(&msg.payload) {
+            Ok(event) => valid.push((msg, event)),
+            Err(e) => {
+                tracing::error!(sequence = sequence(&msg), subject = %msg.subject, error = %e, "invalid event: dead-lettered, nothing written");
+                outcomes.push(dead_letter(js, &msg, &e.to_string()).await);
+            }
+        }
+    }
+    if valid.is_empty() {
+        return outcomes;
+    }
+    let events: Vec<ImageBuilt> = valid.iter().map(|(_, e)| e.clone()).collect();
+    let span = tracing::info_span!("apply", events = events.len(), first_sequence = sequence(&valid[0].0));
+    let result = async {
+        let guard = repo.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || guard.apply_batch(&events)).await
+    }
+    .instrument(span.clone())
+    .await;
+    match result {
+        Ok(Ok(BatchOutcome { commit, changes, verdicts, attempts })) => {
+            if let Some(c) = &commit {
+                let files: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+                span.in_scope(|| tracing::info!(commit = %c, ?files, attempts, "manifest commit pushed"));
+            }
+            for ((msg, event), verdict) in valid.iter().zip(verdicts) {
+                outcomes.push(settle(js, msg, event, verdict, commit.as_deref()).await);
+            }
+        }
+        Ok(Err(e)) => {
+            let delay = redelivery_delay(valid.iter().map(|(m, _)| delivered(m)).max().unwrap_or(1));
+            span.in_scope(
+                || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying failed; handed back for redelivery"),
+            );
+            for (msg, _) in &valid {
+                ack(msg, AckKind::Nak(Some(delay))).await;
+                outcomes.push(Outcome::Retry(e.to_string()));
+            }
+        }
+        Err(join) => {
+            tracing::error!(error = %join, "apply task panicked; handed back for redelivery");
+            for (msg, _) in &valid {
+                ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
+                outcomes.push(Outcome::Retry(join.to_string()));
+            }
+        }
+    }
+    outcomes
+}
+
+async fn settle(js: &jetstream::Context, msg: &Message, event: &ImageBuilt, verdict: Verdict, commit: Option<&str>) -> Outcome {
+    let image = event.image.reference();
+    match verdict {
+        Verdict::Applied => {
+            let commit = commit.expect("an applied event is in the batch's commit").to_string();
+            // Confirmed ack: the commit is pushed; a lost ack would only find the tag current.
             if let Err(e) = msg.double_ack().await {
                 tracing::warn!(error = %e, "ack not confirmed; a redelivery will find the tag current");
             }
             Outcome::Committed { commit }
         }
-        Ok(Ok(Applied::Pinned { locations })) => {
-            tracing::warn!(image = %event.image.reference(), ?locations, "references are pinned (conveyor:pin): not updated");
-            ack(msg, AckKind::Ack).await;
-            Outcome::Pinned
-        }
-        Ok(Ok(Applied::AlreadyCurrent)) => {
-            tracing::info!(image = %event.image.reference(), "tag already current: no commit");
+        Verdict::AlreadyCurrent => {
+            tracing::info!(%image, "tag already current: no commit");
             ack(msg, AckKind::Ack).await;
             Outcome::AlreadyCurrent
         }
-        Ok(Err(e)) if e.is_permanent() => {
-            tracing::error!(error = %e, "event cannot be applied: terminated");
-            ack(msg, AckKind::Term).await;
-            Outcome::Failed { permanent: true, reason: e.to_string() }
+        Verdict::Pinned(locations) => {
+            tracing::warn!(%image, ?locations, "references are pinned (conveyor:pin): not updated");
+            ack(msg, AckKind::Ack).await;
+            Outcome::Pinned
         }
-        Ok(Err(e)) => {
-            let delay = redelivery_delay(delivered);
-            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying failed; handed back for redelivery");
-            ack(msg, AckKind::Nak(Some(delay))).await;
-            Outcome::Failed { permanent: false, reason: e.to_string() }
+        Verdict::Stale { deployed_build_started_at } => {
+            tracing::warn!(%image, build_started_at = %event.build_started_at, %deployed_build_started_at, "a newer build is deployed: not rolling back");
+            ack(msg, AckKind::Ack).await;
+            Outcome::Stale
         }
-        Err(join) => {
-            tracing::error!(error = %join, "apply task panicked; handed back for redelivery");
-            ack(msg, AckKind::Nak(Some(redelivery_delay(delivered)))).await;
-            Outcome::Failed { permanent: false, reason: join.to_string() }
+        Verdict::NoReference => {
+            let reason = format!("no manifest references image repository {} (app {})", event.image.repository, event.app);
+            tracing::error!(%image, %reason, "dead-lettered");
+            dead_letter(js, msg, &reason).await
+        }
+        Verdict::Refused(reason) => {
+            tracing::error!(%image, %reason, "dead-lettered");
+            dead_letter(js, msg, &reason).await
         }
     }
+}
+
+/// Publishes the message with the reason to the dead-letter stream, then terminates it. If the
+/// dead-letter stream does not take it, the message is handed back instead.
+async fn dead_letter(js: &jetstream::Context, msg: &Message, reason: &str) -> Outcome {
+    let mut h = HeaderMap::new();
+    // Header values are one line.
+    h.insert(headers::DEAD_REASON, reason.replace(['\r', '\n'], " ").as_str());
+    h.insert(headers::ORIGINAL_SUBJECT, msg.subject.as_str());
+    h.insert(headers::ORIGINAL_SEQUENCE, sequence(msg).to_string().as_str());
+    let published = async { js.publish_with_headers(DEADLETTER_SUBJECT, h, msg.payload.clone()).await?.await };
+    match tokio::time::timeout(Duration::from_secs(10), published).await {
+        Ok(Ok(_)) => {
+            ack(msg, AckKind::Term).await;
+            Outcome::DeadLettered(reason.to_string())
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "dead-letter publish failed; handing the event back");
+            ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
+            Outcome::Retry(e.to_string())
+        }
+        Err(_) => {
+            tracing::error!("dead-letter publish timed out; handing the event back");
+            ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
+            Outcome::Retry("dead-letter publish timed out".into())
+        }
+    }
+}
+
+fn sequence(msg: &Message) -> u64 {
+    msg.info().map(|i| i.stream_sequence).unwrap_or(0)
+}
+
+fn delivered(msg: &Message) -> i64 {
+    msg.info().map(|i| i.delivered).unwrap_or(1)
 }
 
 async fn ack(msg: &Message, kind: AckKind) {
@@ -125,30 +261,6 @@ async fn ack(msg: &Message, kind: AckKind) {
 fn redelivery_delay(delivered: i64) -> Duration {
     let exp = delivered.clamp(1, 7) as u32 - 1;
     Duration::from_secs((1u64 << exp).min(60))
-}
-
-/// Pulls and handles events until `shutdown` resolves; the event in progress is finished first.
-pub async fn run(repo: Arc<Mutex<ManifestRepo>>, mut messages: pull::Stream, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let next = tokio::select! {
-            _ = &mut shutdown => break,
-            next = messages.next() => next,
-        };
-        match next {
-            Some(Ok(msg)) => {
-                handle(&repo, &msg).await;
-            }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer error; continuing");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            None => {
-                tracing::error!("the consumer's message stream ended");
-                break;
-            }
-        }
-    }
 }
 
 #[cfg(test)]

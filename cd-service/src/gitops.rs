@@ -5,6 +5,7 @@
 
 use std::{
     cell::Cell,
+    collections::HashMap,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -15,6 +16,7 @@ use git2::{
 
 use crate::rewrite::{self, Change, Target};
 use conveyor_proto::ImageBuilt;
+use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitOpsError {
@@ -24,8 +26,6 @@ pub enum GitOpsError {
     Fetch { url: String, branch: String, source: git2::Error },
     #[error("branch {branch:?} does not exist in {url}")]
     NoBranch { url: String, branch: String },
-    #[error("no manifest in {url} (branch {branch}) references image repository {repository}")]
-    NoReference { url: String, branch: String, repository: String },
     #[error("ssh host key of {host} does not match the known_hosts entry ({known_hosts}): refusing to connect")]
     HostKeyMismatch { host: String, known_hosts: String },
     #[error("ssh host {host} is not in known_hosts ({known_hosts}): add it (ssh-keyscan) before pushing")]
@@ -40,16 +40,6 @@ pub enum GitOpsError {
     Rewrite(#[from] rewrite::RewriteError),
     #[error("git error: {0}")]
     Git(#[from] git2::Error),
-}
-
-impl GitOpsError {
-    /// Errors that the same event cannot get past by being retried.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            GitOpsError::NoReference { .. } | GitOpsError::NoBranch { .. } | GitOpsError::Rewrite(rewrite::RewriteError::Verify { .. })
-        )
-    }
 }
 
 /// How to reach the remote.
@@ -81,15 +71,32 @@ pub struct RepoConfig {
     pub max_push_attempts: u32,
 }
 
-/// The outcome of applying one event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Applied {
-    /// A commit with these changes is on the remote.
-    Committed { commit: String, changes: Vec<Change>, attempts: u32 },
-    /// Every reference already had this tag: nothing to commit.
+/// What happened to one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its changes are in the batch's commit.
+    Applied,
+    /// Every reference already had this tag.
     AlreadyCurrent,
-    /// The references that differ are pinned (`conveyor:pin`): nothing to commit. (path, line).
-    Pinned { locations: Vec<(String, usize)> },
+    /// The references that differ are pinned (`conveyor:pin`): (path, line).
+    Pinned(Vec<(String, usize)>),
+    /// A build that started later is already deployed for this app: not rolled back.
+    Stale { deployed_build_started_at: String },
+    /// No manifest references the image.
+    NoReference,
+    /// The rewrite was refused (it would have changed more than the image values).
+    Refused(String),
+}
+
+/// The outcome of applying a batch of events.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// The pushed commit, if any event changed anything.
+    pub commit: Option<String>,
+    pub changes: Vec<Change>,
+    /// One verdict per event, in order.
+    pub verdicts: Vec<Verdict>,
+    pub attempts: u32,
 }
 
 pub struct ManifestRepo {
@@ -157,33 +164,58 @@ impl ManifestRepo {
         Ok(oid)
     }
 
-    /// Applies the event: rewrite, commit, push; on a moved remote, re-sync and re-apply.
-    pub fn apply(&self, event: &ImageBuilt) -> Result<Applied, GitOpsError> {
-        let target = Target { app: &event.app, repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
+    /// Applies a batch of events in order and pushes one commit with every change. On a moved
+    /// remote, re-syncs and re-derives the edits from the events on the new head (never a
+    /// rebase of the old commit, never a force-push).
+    pub fn apply_batch(&self, events: &[ImageBuilt]) -> Result<BatchOutcome, GitOpsError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.sync()?;
-            let rewrite = rewrite::rewrite_tree(self.work_tree(), &target)?;
-            if rewrite.references == 0 {
-                return Err(GitOpsError::NoReference {
-                    url: self.cfg.url.clone(),
-                    branch: self.cfg.branch.clone(),
-                    repository: event.image.repository.clone(),
-                });
-            }
-            if rewrite.changes.is_empty() {
-                if !rewrite.pinned.is_empty() {
-                    return Ok(Applied::Pinned { locations: rewrite.pinned });
+            let mut deployed = self.deployed_build_starts(events)?;
+            let mut verdicts = Vec::with_capacity(events.len());
+            let mut changes = Vec::new();
+            let mut applied = Vec::new();
+            for event in events {
+                if let Some(current) = deployed.get(&event.app) {
+                    if event.build_started_at < *current {
+                        verdicts.push(Verdict::Stale { deployed_build_started_at: rfc3339(*current) });
+                        continue;
+                    }
                 }
-                return Ok(Applied::AlreadyCurrent);
+                let target =
+                    Target { app: &event.app, repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
+                let rewrite = match rewrite::rewrite_tree(self.work_tree(), &target) {
+                    Ok(r) => r,
+                    Err(e @ rewrite::RewriteError::Verify { .. }) => {
+                        verdicts.push(Verdict::Refused(e.to_string()));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                for (path, line) in &rewrite.pinned {
+                    tracing::info!(app = %event.app, %path, line, "reference pinned with conveyor:pin: left as it is");
+                }
+                let verdict = if rewrite.references == 0 {
+                    Verdict::NoReference
+                } else if rewrite.changes.is_empty() && !rewrite.pinned.is_empty() {
+                    Verdict::Pinned(rewrite.pinned)
+                } else if rewrite.changes.is_empty() {
+                    Verdict::AlreadyCurrent
+                } else {
+                    deployed.insert(event.app.clone(), event.build_started_at);
+                    changes.extend(rewrite.changes);
+                    applied.push(event);
+                    Verdict::Applied
+                };
+                verdicts.push(verdict);
             }
-            for (path, line) in &rewrite.pinned {
-                tracing::info!(%path, line, "reference pinned with conveyor:pin: left as it is");
+            if applied.is_empty() {
+                return Ok(BatchOutcome { commit: None, changes, verdicts, attempts: attempt });
             }
-            let commit = self.commit(event, &rewrite.changes)?;
+            let commit = self.commit(&applied, &changes)?;
             match self.push() {
-                Ok(()) => return Ok(Applied::Committed { commit: commit.to_string(), changes: rewrite.changes, attempts: attempt }),
+                Ok(()) => return Ok(BatchOutcome { commit: Some(commit.to_string()), changes, verdicts, attempts: attempt }),
                 Err(PushFailure::Moved(reason)) if attempt < self.cfg.max_push_attempts => {
                     tracing::info!(attempt, %reason, "manifest branch moved; re-applying on the new head");
                     std::thread::sleep(backoff(attempt));
@@ -205,9 +237,33 @@ impl ManifestRepo {
         }
     }
 
-    fn commit(&self, event: &ImageBuilt, changes: &[Change]) -> Result<git2::Oid, GitOpsError> {
+    /// For the apps of `events`: when the build deployed now started, read from the trailers of
+    /// the newest deploy commit of each app (searching the last 5,000 commits).
+    fn deployed_build_starts(&self, events: &[ImageBuilt]) -> Result<HashMap<String, OffsetDateTime>, GitOpsError> {
+        let mut wanted: Vec<&str> = events.iter().map(|e| e.app.as_str()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut found: HashMap<String, OffsetDateTime> = HashMap::new();
+        let mut walk = self.repo.revwalk()?;
+        walk.push_head()?;
+        for oid in walk.take(5000) {
+            let commit = self.repo.find_commit(oid?)?;
+            for (app, started) in deploy_trailers(commit.message().unwrap_or_default()) {
+                if wanted.contains(&app.as_str()) && !found.contains_key(&app) {
+                    found.insert(app, started);
+                }
+            }
+            if found.len() == wanted.len() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    fn commit(&self, events: &[&ImageBuilt], changes: &[Change]) -> Result<git2::Oid, GitOpsError> {
         let mut index = self.repo.index()?;
         let mut paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        paths.sort_unstable();
         paths.dedup();
         for p in &paths {
             index.add_path(Path::new(p))?;
@@ -216,7 +272,7 @@ impl ManifestRepo {
         let tree = self.repo.find_tree(index.write_tree()?)?;
         let parent = self.repo.head()?.peel_to_commit()?;
         let sig = Signature::now(&self.cfg.author_name, &self.cfg.author_email)?;
-        let message = commit_message(event, &paths);
+        let message = commit_message(events, &paths);
         Ok(self.repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &[&parent])?)
     }
 
@@ -275,25 +331,64 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
-/// `deploy(<app>): <repository>:<tag>` with the source and trailers that tie the commit to its
-/// build; `[skip ci]` so the manifest repository's own CI does not run on it.
-pub fn commit_message(event: &ImageBuilt, paths: &[&str]) -> String {
-    let mut m = format!("deploy({}): {}\n\n", event.app, event.image.reference());
-    m.push_str(&format!(
-        "Built from {}@{} ({}) by build {}.\n",
-        event.source.repo_url, &event.source.commit, event.source.branch, event.build_id
-    ));
+const APP_TRAILER: &str = "Conveyor-App: ";
+const STARTED_TRAILER: &str = "Conveyor-Build-Started-At: ";
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).expect("a UTC timestamp always formats as RFC 3339")
+}
+
+/// `deploy(<app>): <repository>:<tag>` (or `deploy: N images` for a batch) with the sources,
+/// `[skip ci]` so the manifest repository's own CI does not run, and one block of trailers per
+/// event tying the commit to its build.
+pub fn commit_message(events: &[&ImageBuilt], paths: &[&str]) -> String {
+    let mut m = match events {
+        [one] => format!("deploy({}): {}\n\n", one.app, one.image.reference()),
+        many => format!("deploy: {} images\n\n", many.len()),
+    };
+    for e in events {
+        m.push_str(&format!(
+            "{}: {} built from {}@{} ({}) by build {}.\n",
+            e.app,
+            e.image.reference(),
+            e.source.repo_url,
+            e.source.commit,
+            e.source.branch,
+            e.build_id
+        ));
+    }
     m.push_str("Updated:\n");
     for p in paths {
         m.push_str(&format!("  {p}\n"));
     }
     m.push_str("\n[skip ci]\n\n");
-    m.push_str(&format!("Conveyor-App: {}\n", event.app));
-    m.push_str(&format!("Conveyor-Source-Commit: {}\n", event.source.commit));
-    m.push_str(&format!("Conveyor-Image-Digest: {}\n", event.image.digest));
-    m.push_str(&format!("Conveyor-Event-Id: {}\n", event.event_id));
-    m.push_str(&format!("Conveyor-Build-Id: {}\n", event.build_id));
+    for e in events {
+        m.push_str(&format!("{APP_TRAILER}{}\n", e.app));
+        m.push_str(&format!("Conveyor-Image: {}\n", e.image.reference()));
+        m.push_str(&format!("Conveyor-Source-Commit: {}\n", e.source.commit));
+        m.push_str(&format!("Conveyor-Image-Digest: {}\n", e.image.digest));
+        m.push_str(&format!("Conveyor-Event-Id: {}\n", e.event_id));
+        m.push_str(&format!("Conveyor-Build-Id: {}\n", e.build_id));
+        m.push_str(&format!("{STARTED_TRAILER}{}\n", rfc3339(e.build_started_at)));
+    }
     m
+}
+
+/// (app, build start) for each event recorded in a deploy commit's trailers.
+fn deploy_trailers(message: &str) -> Vec<(String, OffsetDateTime)> {
+    let mut out = Vec::new();
+    let mut app: Option<&str> = None;
+    for line in message.lines() {
+        if let Some(a) = line.strip_prefix(APP_TRAILER) {
+            app = Some(a.trim());
+        } else if let (Some(a), Some(t)) = (app, line.strip_prefix(STARTED_TRAILER)) {
+            if let Ok(t) = OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339) {
+                out.push((a.to_string(), t));
+            }
+            app = None;
+        }
+    }
+    out
 }
 
 /// What the callbacks saw during one fetch or push: libgit2 replaces a callback's error with
@@ -441,6 +536,14 @@ mod tests {
         assert!(matches!(known_hosts_verdict(&path, "127.0.0.1", 2222, &key), HostVerdict::Match));
         assert!(matches!(known_hosts_verdict(&path, "127.0.0.1", 2222, b"other"), HostVerdict::Mismatch));
         assert!(matches!(known_hosts_verdict(&path, "127.0.0.1", 22, &key), HostVerdict::Unknown));
+    }
+
+    #[test]
+    fn trailers_record_each_event_of_a_batch() {
+        let msg = "deploy: 2 images\n\n[skip ci]\n\nConveyor-App: web\nConveyor-Build-Started-At: 2026-11-23T10:00:00Z\nConveyor-App: api\nConveyor-Image: x\nConveyor-Build-Started-At: 2026-11-23T11:00:00Z\n";
+        let t = deploy_trailers(msg);
+        assert_eq!(t.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), vec!["web", "api"]);
+        assert!(t[0].1 < t[1].1);
     }
 
     #[test]

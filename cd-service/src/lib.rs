@@ -25,7 +25,7 @@ pub enum StartError {
 
 pub struct Service {
     pub repo: Arc<Mutex<ManifestRepo>>,
-    messages: async_nats::jetstream::consumer::pull::Stream,
+    consumer: consume::Consumer,
 }
 
 impl Service {
@@ -33,12 +33,12 @@ impl Service {
         let repo_cfg = config.repo_config();
         let repo = tokio::task::spawn_blocking(move || ManifestRepo::open_or_clone(repo_cfg)).await??;
         tracing::info!(repo = %config.manifest_repo, branch = %config.branch, clone = %repo.work_tree().display(), "manifest repository ready");
-        let messages = consume::open_consumer(&config.nats_url, &config.consumer, config.ack_wait(), config.stream_max_messages).await?;
+        let consumer = consume::Consumer::open(&config.nats_url, config.consume_options()).await?;
         tracing::info!(consumer = %config.consumer, "consuming image-built events");
-        Ok(Self { repo: Arc::new(Mutex::new(repo)), messages })
+        Ok(Self { repo: Arc::new(Mutex::new(repo)), consumer })
     }
 
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        consume::run(self.repo, self.messages, shutdown).await
+        self.consumer.run(self.repo, shutdown).await
     }
 }

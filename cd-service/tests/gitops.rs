@@ -9,7 +9,7 @@ use cd_service::{
     gitops::{GitOpsError, ManifestRepo},
     Config, Service,
 };
-use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
+use conveyor_proto::{headers, ImageBuilt, ImageRef, SourceRef, DEADLETTER_STREAM, EVENTS_STREAM, EVENT_VERSION};
 use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestSshd, WorkClone};
 use tokio::sync::oneshot;
 
@@ -114,25 +114,100 @@ async fn a_reapplied_event_makes_no_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_events_are_refused_and_the_consumer_keeps_going() {
+async fn bad_events_are_dead_lettered_with_the_reason_and_the_consumer_keeps_going() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
     let bare = manifest_repo(dir.path());
     let _cd = start_cd(&nats, &bare.url()).await;
 
-    nats.publish_raw("conveyor.images.built.web", b"{ this is not json".to_vec()).await;
+    let garbage = nats.publish_raw("conveyor.images.built.web", b"{ this is not json".to_vec()).await;
     let mut bad_tag = serde_json::to_value(event("web", REPO, "ok")).unwrap();
     bad_tag["image"]["tag"] = "-rf /".into();
     nats.publish_raw("conveyor.images.built.web", bad_tag.to_string().into_bytes()).await;
-    // Valid, but no manifest references this image: a clear error, nothing committed.
+    // Valid, but no manifest references this image.
     nats.publish_event(&event("api", "registry.example.test/team/api", "1.0.1")).await;
-    assert_eq!(bare.count("main"), 1, "nothing committed for bad events");
-
     let good = nats.publish_event(&event("worker", "registry.example.test/team/worker", "1.0.0")).await;
     applied(&nats, good).await;
-    assert_eq!(bare.count("main"), 2, "the valid event after the bad ones was applied");
+
+    assert_eq!(bare.count("main"), 2, "only the valid event was committed");
     assert!(bare.show("main", "apps/worker/deployment.yaml").contains("image: registry.example.test/team/worker:1.0.0\n"));
     assert!(!bare.show("main", "apps/web/deployment.yaml").contains("-rf"));
+
+    let dead = nats.stream_messages_with_headers(DEADLETTER_STREAM).await;
+    let reasons: Vec<String> =
+        dead.iter().map(|(_, _, h)| h.get(headers::DEAD_REASON).map(|v| v.to_string()).unwrap_or_default()).collect();
+    assert_eq!(dead.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("malformed"), "{reasons:?}");
+    assert!(reasons[1].contains("invalid image tag"), "{reasons:?}");
+    assert!(reasons[2].contains("no manifest references image repository registry.example.test/team/api"), "{reasons:?}");
+    assert_eq!(dead[0].1, b"{ this is not json", "the original payload is kept");
+    assert_eq!(dead[0].2.get(headers::ORIGINAL_SEQUENCE).map(|v| v.to_string()), Some(garbage.to_string()));
+    assert_eq!(dead[0].2.get(headers::ORIGINAL_SUBJECT).map(|v| v.to_string()).as_deref(), Some("conveyor.images.built.web"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_build_arriving_late_does_not_roll_the_tag_back() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let _cd = start_cd(&nats, &bare.url()).await;
+    let t0 = time::OffsetDateTime::now_utc();
+    let (mut older, mut newer) = (event("web", REPO, "older"), event("web", REPO, "newer"));
+    older.build_started_at = t0 - time::Duration::minutes(5);
+    newer.build_started_at = t0;
+
+    applied(&nats, nats.publish_event(&newer).await).await;
+    applied(&nats, nats.publish_event(&older).await).await;
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:newer"), "the late older build did not roll back");
+    assert_eq!(bare.count("main"), 2);
+
+    // Within one batch too: the older one, later in the stream, loses.
+    let mut newest = event("web", REPO, "newest");
+    newest.build_started_at = t0 + time::Duration::minutes(5);
+    let mut middle = event("web", REPO, "middle");
+    middle.build_started_at = t0 + time::Duration::minutes(1);
+    nats.publish_event(&newest).await;
+    applied(&nats, nats.publish_event(&middle).await).await;
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:newest"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_pending_events_lands_in_few_commits_with_every_final_tag_right() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = BareRepo::create(dir.path().join("manifests.git"));
+    let seed = WorkClone::init(dir.path().join("seed"), &bare);
+    let apps: Vec<String> = (0..10).map(|i| format!("app{i}")).collect();
+    for app in &apps {
+        seed.write(
+            &format!("apps/{app}/deployment.yaml"),
+            &format!("spec:\n  containers:\n    - name: {app}\n      image: registry.example.test/team/{app}:0 # CI\n"),
+        );
+    }
+    seed.commit_all("ten apps");
+    seed.push();
+
+    // 100 events pending before cd-service starts: 10 builds of each app, in build order.
+    nats.ensure_events_stream().await;
+    let t0 = time::OffsetDateTime::now_utc();
+    let mut last = 0;
+    for round in 1..=10 {
+        for app in &apps {
+            let mut ev = event(app, &format!("registry.example.test/team/{app}"), &format!("r{round}"));
+            ev.build_started_at = t0 + time::Duration::seconds(round);
+            last = nats.publish_event(&ev).await;
+        }
+    }
+    let _cd = start_cd(&nats, &bare.url()).await;
+    applied(&nats, last).await;
+    let commits = bare.count("main") - 1;
+    assert!((1..=3).contains(&commits), "100 pending events became {commits} commits");
+    for app in &apps {
+        assert_eq!(
+            bare.show("main", &format!("apps/{app}/deployment.yaml")),
+            format!("spec:\n  containers:\n    - name: {app}\n      image: registry.example.test/team/{app}:r10 # CI\n")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,9 @@ pub mod names;
 pub mod validate;
 
 pub use event::{ImageBuilt, ImageRef, SourceRef, EVENT_VERSION};
-pub use names::{headers, subject_for_app, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD};
+pub use names::{
+    headers, subject_for_app, DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD,
+};
 pub use validate::ValidationError;
 
 #[cfg(feature = "nats")]

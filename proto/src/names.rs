@@ -11,6 +11,13 @@ pub const EVENTS_SUBJECT_PREFIX: &str = "conveyor.images.built";
 /// Matches the events of every app.
 pub const EVENTS_SUBJECT_WILDCARD: &str = "conveyor.images.built.>";
 
+/// Stream of events cd-service could not apply (invalid, or naming an image no manifest
+/// uses): the original payload with the reason in headers, kept for inspection and replay.
+pub const DEADLETTER_STREAM: &str = "CONVEYOR_DEADLETTER";
+
+/// Dead-lettered image-built events are published here.
+pub const DEADLETTER_SUBJECT: &str = "conveyor.deadletter.images";
+
 /// The subject an app's image-built events are published on.
 pub fn subject_for_app(app: &str) -> String {
     format!("{EVENTS_SUBJECT_PREFIX}.{app}")
@@ -29,6 +36,11 @@ pub mod headers {
     /// The event version of the payload, so a consumer can refuse what it does not understand
     /// before parsing.
     pub const EVENT_VERSION: &str = "Conveyor-Event-Version";
+    /// On a dead-lettered message: why it was not applied.
+    pub const DEAD_REASON: &str = "Conveyor-Dead-Reason";
+    /// On a dead-lettered message: the subject and stream sequence it came from.
+    pub const ORIGINAL_SUBJECT: &str = "Conveyor-Original-Subject";
+    pub const ORIGINAL_SEQUENCE: &str = "Conveyor-Original-Sequence";
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub async fn open_events_stream(url: &str, client_name: &str, max_messages: i64)
     Ok((js, stream))
 }
 
-use crate::names::{EVENTS_STREAM, EVENTS_SUBJECT_WILDCARD};
+use crate::names::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_SUBJECT_WILDCARD};
 
 /// Limits retention: events are kept after they are consumed, so that old ones can be replayed
 /// (a replay of an old event is a rollback). `max_age` of zero keeps events until `max_messages`
@@ -53,6 +53,19 @@ pub fn events_stream_config(max_messages: i64, max_age: Duration) -> Config {
         max_messages,
         max_age,
         duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// The dead-letter stream: limits retention, one subject.
+pub fn deadletter_stream_config(max_messages: i64) -> Config {
+    Config {
+        name: DEADLETTER_STREAM.to_string(),
+        subjects: vec![DEADLETTER_SUBJECT.to_string()],
+        retention: RetentionPolicy::Limits,
+        discard: DiscardPolicy::Old,
+        storage: StorageType::File,
+        max_messages,
         ..Default::default()
     }
 }

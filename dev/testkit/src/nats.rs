@@ -73,6 +73,11 @@ impl TestNats {
 
     /// Every message stored in `stream`, oldest first, as (sequence, payload).
     pub async fn stream_messages(&self, stream: &str) -> Vec<(u64, Vec<u8>)> {
+        self.stream_messages_with_headers(stream).await.into_iter().map(|(seq, payload, _)| (seq, payload)).collect()
+    }
+
+    /// Every message stored in `stream`, oldest first, as (sequence, payload, headers).
+    pub async fn stream_messages_with_headers(&self, stream: &str) -> Vec<(u64, Vec<u8>, async_nats::HeaderMap)> {
         let js = self.jetstream().await;
         let Ok(mut s) = js.get_stream(stream).await else { return Vec::new() };
         let info = s.info().await.expect("stream info");
@@ -83,7 +88,7 @@ impl TestNats {
         }
         for seq in first..=last {
             if let Ok(m) = s.get_raw_message(seq).await {
-                out.push((seq, m.payload.to_vec()));
+                out.push((seq, m.payload.to_vec(), m.headers));
             }
         }
         out
@@ -91,6 +96,12 @@ impl TestNats {
 }
 
 impl TestNats {
+    /// Creates the event stream as the services define it (for events published before any
+    /// service started).
+    pub async fn ensure_events_stream(&self) {
+        conveyor_proto::stream::open_events_stream(&self.url, "conveyor-test", 100_000).await.expect("create the event stream");
+    }
+
     /// Publishes raw bytes on `subject` with a unique `Nats-Msg-Id`; returns the stream sequence.
     pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) -> u64 {
         let js = self.jetstream().await;
