@@ -103,6 +103,13 @@ pub fn rewrite_tree(root: &Path, target: &Target<'_>) -> Result<TreeRewrite, Rew
 
     for path in &yaml_files {
         let Some(text) = read_utf8(path)? else { continue };
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let kustomization = matches!(name.as_str(), "kustomization.yaml" | "kustomization.yml" | "Kustomization");
+        // The line scan is cheap; only files that mention the image are parsed.
+        let file = yaml::rewrite(&text, target, kustomization);
+        if file.references == 0 {
+            continue;
+        }
         let old = match verify::parse_all(&text) {
             Ok(docs) => docs,
             Err(e) => {
@@ -110,9 +117,6 @@ pub fn rewrite_tree(root: &Path, target: &Target<'_>) -> Result<TreeRewrite, Rew
                 continue;
             }
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let kustomization = matches!(name.as_str(), "kustomization.yaml" | "kustomization.yml" | "Kustomization");
-        let file = yaml::rewrite(&text, target, kustomization);
         if file.templates {
             template_dirs.insert(path.parent().unwrap_or(root).to_path_buf());
         }
