@@ -167,7 +167,10 @@ async fn main() -> anyhow::Result<()> {
     let base_repo = seed(dir.path(), "baseline", apps);
     let baseline = run_baseline(&base_repo, &burst)?;
     for (app, tag) in &expected {
-        ensure!(base_repo.show("main", &format!("apps/app{app:03}/deployment.yaml")) == manifest(*app, tag), "baseline left app{app:03} wrong");
+        ensure!(
+            base_repo.show("main", &format!("apps/app{app:03}/deployment.yaml")) == manifest(*app, tag),
+            "baseline left app{app:03} wrong"
+        );
     }
 
     // Conveyor: the events are published as CI would, then cd-service drains them.
@@ -257,7 +260,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     match idle_rss {
-        Some(kib) => println!("| cd-service idle RSS | - | {:.1} MB | < 30 MB: {} |", kib as f64 / 1024.0, if kib < 30 * 1024 { "PASS" } else { "FAIL" }),
+        Some(kib) => println!(
+            "| cd-service idle RSS | - | {:.1} MB | < 30 MB: {} |",
+            kib as f64 / 1024.0,
+            if kib < 30 * 1024 { "PASS" } else { "FAIL" }
+        ),
         None => println!("| cd-service idle RSS | - | unreadable | < 30 MB: FAIL |"),
     }
     Ok(())

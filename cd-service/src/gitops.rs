@@ -107,6 +107,7 @@ pub struct ManifestRepo {
 impl ManifestRepo {
     /// Opens the warm clone, or clones it the first time.
     pub fn open_or_clone(cfg: RepoConfig) -> Result<Self, GitOpsError> {
+        remove_stale_locks(&cfg.clone_dir.join(".git"));
         let repo = match Repository::open(&cfg.clone_dir) {
             Ok(repo) => repo,
             Err(_) => {
@@ -277,8 +278,38 @@ impl ManifestRepo {
     }
 
     fn push(&self) -> Result<(), PushFailure> {
+        match local_remote_path(&self.cfg.url) {
+            Some(path) => self.push_local(&path),
+            None => self.push_refspec(&format!("refs/heads/{0}:refs/heads/{0}", self.cfg.branch)),
+        }
+    }
+
+    /// libgit2's local transport overwrites the remote ref without comparing it to the value
+    /// the push was based on, so a push by someone else in between would be lost. Instead: send
+    /// the objects to a private ref, then move the branch with a compare-and-swap against the
+    /// head this commit was built on, under the ref's lock (the same lock git takes).
+    fn push_local(&self, remote_path: &Path) -> Result<(), PushFailure> {
+        let fatal = |e: git2::Error| PushFailure::Fatal(e.into());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let incoming = format!("refs/conveyor/incoming/{}-{nanos}", std::process::id());
+        self.push_refspec(&format!("+refs/heads/{}:{incoming}", self.cfg.branch))?;
+        let remote = Repository::open_bare(remote_path).or_else(|_| Repository::open(remote_path)).map_err(fatal)?;
+        let new = self.repo.refname_to_id(&format!("refs/heads/{}", self.cfg.branch)).map_err(fatal)?;
+        let based_on = self.repo.refname_to_id(&self.remote_ref()).map_err(fatal)?;
+        let branch = format!("refs/heads/{}", self.cfg.branch);
+        let result = remote.reference_matching(&branch, new, true, based_on, "conveyor: deploy");
+        if let Ok(mut r) = remote.find_reference(&incoming) {
+            let _ = r.delete();
+        }
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Locked) => Err(PushFailure::Moved(e.message().to_string())),
+            Err(e) => Err(fatal(e)),
+        }
+    }
+
+    fn push_refspec(&self, refspec: &str) -> Result<(), PushFailure> {
         let mut remote = self.repo.find_remote("origin").map_err(|e| PushFailure::Fatal(e.into()))?;
-        let refspec = format!("refs/heads/{0}:refs/heads/{0}", self.cfg.branch);
         let rejection: std::cell::RefCell<Option<String>> = Default::default();
         let seen = Seen::default();
         let mut cbs = callbacks(&self.cfg, &seen);
@@ -290,7 +321,7 @@ impl ManifestRepo {
         });
         let mut opts = PushOptions::new();
         opts.remote_callbacks(cbs);
-        let result = remote.push(&[refspec.as_str()], Some(&mut opts));
+        let result = remote.push(&[refspec], Some(&mut opts));
         drop(opts);
         match result {
             Err(e) if e.code() == ErrorCode::NotFastForward => Err(PushFailure::Moved(e.message().to_string())),
@@ -306,6 +337,24 @@ impl ManifestRepo {
                     reason,
                 })),
             },
+        }
+    }
+}
+
+/// Removes `*.lock` files a killed process left in the clone's `.git` (index, HEAD, refs).
+/// Only this service writes to its clone, and only while running, so at start-up every lock is
+/// stale; left in place they would fail every later fetch and reset.
+fn remove_stale_locks(git_dir: &Path) {
+    if !git_dir.is_dir() {
+        return;
+    }
+    for entry in walkdir::WalkDir::new(git_dir).follow_links(false).into_iter().filter_map(Result::ok) {
+        let is_lock = entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "lock");
+        if is_lock && !entry.path().starts_with(git_dir.join("objects")) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::warn!(path = %entry.path().display(), "removed a stale git lock left by an earlier run"),
+                Err(e) => tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale git lock"),
+            }
         }
     }
 }
@@ -497,6 +546,23 @@ fn known_hosts_verdict(path: &Path, host: &str, port: u16, key: &[u8]) -> HostVe
     }
 }
 
+/// The repository path of a remote on the local file system (`/path`, `./path`, `file://`),
+/// or `None` for network remotes (ssh, scp-like `user@host:path`, https).
+fn local_remote_path(url: &str) -> Option<PathBuf> {
+    if let Some(path) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(path));
+    }
+    if url.contains("://") {
+        return None;
+    }
+    let path = Path::new(url);
+    if path.is_absolute() || url.starts_with("./") || url.starts_with("../") || path.exists() {
+        Some(path.to_path_buf())
+    } else {
+        None
+    }
+}
+
 /// The port of an `ssh://` URL (22 for scp-like `user@host:path` and for no port).
 fn ssh_port(url: &str) -> u16 {
     url.strip_prefix("ssh://")
@@ -516,6 +582,28 @@ fn ssh_host(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_locks_of_a_killed_run_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = dir.path().join(".git");
+        std::fs::create_dir_all(git.join("refs/heads")).unwrap();
+        for f in ["index.lock", "HEAD.lock", "refs/heads/main.lock", "refs/heads/main"] {
+            std::fs::write(git.join(f), "x").unwrap();
+        }
+        remove_stale_locks(&git);
+        assert!(!git.join("index.lock").exists() && !git.join("HEAD.lock").exists() && !git.join("refs/heads/main.lock").exists());
+        assert!(git.join("refs/heads/main").exists(), "only locks are removed");
+    }
+
+    #[test]
+    fn tells_local_remotes_from_network_ones() {
+        assert_eq!(local_remote_path("/srv/git/m.git"), Some(PathBuf::from("/srv/git/m.git")));
+        assert_eq!(local_remote_path("file:///srv/m.git"), Some(PathBuf::from("/srv/m.git")));
+        assert_eq!(local_remote_path("ssh://git@h:22/m.git"), None);
+        assert_eq!(local_remote_path("git@github.com:org/m.git"), None);
+        assert_eq!(local_remote_path("https://h/m.git"), None);
+    }
 
     #[test]
     fn parses_ssh_urls() {

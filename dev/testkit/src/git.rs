@@ -115,6 +115,18 @@ impl WorkClone {
         run(git(&self.path).args(["pull", "-q", "--rebase", "origin", "main"]));
     }
 
+    /// `git push origin main`, rebasing on what others pushed meanwhile, up to `tries` times.
+    pub fn push_rebasing(&self, tries: usize) {
+        for _ in 0..tries {
+            let out = git(&self.path).args(["push", "-q", "origin", "main"]).output().expect("git push");
+            if out.status.success() {
+                return;
+            }
+            run(git(&self.path).args(["pull", "-q", "--rebase", "origin", "main"]));
+        }
+        panic!("push still rejected after {tries} tries");
+    }
+
     /// `git push origin main`; returns git's output (hooks print to stderr).
     pub fn push(&self) -> String {
         let out = git(&self.path).args(["push", "origin", "main"]).output().expect("git push");
