@@ -52,6 +52,7 @@ fn event(app: usize, tag: &str, started: OffsetDateTime) -> ImageBuilt {
         build_started_at: started,
         built_at: started,
         traceparent: None,
+        deploy: None,
     }
 }
 

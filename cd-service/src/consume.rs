@@ -57,6 +57,7 @@ pub enum Outcome {
     AlreadyCurrent,
     Pinned,
     Stale,
+    Held,
     DeadLettered(String),
     Retry(String),
 }
@@ -203,6 +204,11 @@ async fn settle(js: &jetstream::Context, msg: &Message, event: &ImageBuilt, verd
             tracing::warn!(%image, build_started_at = %event.build_started_at, %deployed_build_started_at, "a newer build is deployed: not rolling back");
             ack(msg, AckKind::Ack).await;
             Outcome::Stale
+        }
+        Verdict::Held(why) => {
+            tracing::info!(%image, ?why, "held in every environment: nothing deployed");
+            ack(msg, AckKind::Ack).await;
+            Outcome::Held
         }
         Verdict::NoReference => {
             let reason = format!("no manifest references image repository {} (app {})", event.image.repository, event.app);

@@ -5,7 +5,7 @@
 
 use std::{
     cell::Cell,
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -14,7 +14,10 @@ use git2::{
     build::CheckoutBuilder, CertificateCheckStatus, Cred, ErrorCode, FetchOptions, PushOptions, RemoteCallbacks, Repository, Signature,
 };
 
-use crate::rewrite::{self, Change, Target};
+use crate::{
+    manifest_config::{self, ManifestConfig},
+    rewrite::{self, Change, Target},
+};
 use conveyor_proto::ImageBuilt;
 use time::OffsetDateTime;
 
@@ -36,6 +39,8 @@ pub enum GitOpsError {
     PushRejected { url: String, branch: String, reason: String },
     #[error("push of {branch} to {url} failed {attempts} times because the branch kept moving; giving up for now")]
     PushContention { url: String, branch: String, attempts: u32 },
+    #[error("{0}")]
+    Config(String),
     #[error("cannot rewrite manifests: {0}")]
     Rewrite(#[from] rewrite::RewriteError),
     #[error("git error: {0}")]
@@ -84,6 +89,8 @@ pub enum Verdict {
     Stale { deployed_build_started_at: String },
     /// No manifest references the image.
     NoReference,
+    /// Every environment of the app is held (manual policy, or pinned in conveyor.yaml).
+    Held(Vec<String>),
     /// The rewrite was refused (it would have changed more than the image values).
     Refused(String),
 }
@@ -165,58 +172,89 @@ impl ManifestRepo {
         Ok(oid)
     }
 
-    /// Applies a batch of events in order and pushes one commit with every change. On a moved
-    /// remote, re-syncs and re-derives the edits from the events on the new head (never a
-    /// rebase of the old commit, never a force-push).
+    /// Applies a batch of events in order and pushes one commit per environment it changed.
+    /// On a moved remote, re-syncs and re-derives the edits from the events on the new head
+    /// (never a rebase of the old commits, never a force-push).
     pub fn apply_batch(&self, events: &[ImageBuilt]) -> Result<BatchOutcome, GitOpsError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.sync()?;
+            let root = self.work_tree();
+            let config = manifest_config::load(root).map_err(GitOpsError::Config)?;
             let mut deployed = self.deployed_build_starts(events)?;
             let mut verdicts = Vec::with_capacity(events.len());
             let mut changes = Vec::new();
-            let mut applied = Vec::new();
+            // Per environment: the events that changed it and the paths they changed.
+            let mut per_env: BTreeMap<String, (Vec<&ImageBuilt>, Vec<String>)> = BTreeMap::new();
             for event in events {
-                if let Some(current) = deployed.get(&event.app) {
-                    if event.build_started_at < *current {
-                        verdicts.push(Verdict::Stale { deployed_build_started_at: rfc3339(*current) });
+                let placements = match manifest_config::placements(config.as_ref(), root, event) {
+                    Ok(p) => p,
+                    Err(reason) => {
+                        verdicts.push(Verdict::Refused(reason));
                         continue;
                     }
-                }
+                };
+                let explicit = event.deploy.is_some();
                 let target =
                     Target { app: &event.app, repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
-                let rewrite = match rewrite::rewrite_tree(self.work_tree(), &target) {
-                    Ok(r) => r,
-                    Err(e @ rewrite::RewriteError::Verify { .. }) => {
-                        verdicts.push(Verdict::Refused(e.to_string()));
+                let (mut references, mut pinned, mut held, mut stale, mut refused, mut applied) =
+                    (0, Vec::new(), Vec::new(), None, None, false);
+                for placement in placements {
+                    if let Some(why) = placement.held {
+                        tracing::info!(app = %event.app, env = %placement.env, %why, "not deployed to this environment");
+                        held.push(format!("{}: {why}", placement.env));
                         continue;
                     }
-                    Err(e) => return Err(e.into()),
-                };
-                for (path, line) in &rewrite.pinned {
-                    tracing::info!(app = %event.app, %path, line, "reference pinned with conveyor:pin: left as it is");
+                    let key = (event.app.clone(), placement.env.clone());
+                    if let Some(current) = deployed.get(&key) {
+                        if !explicit && event.build_started_at < *current {
+                            stale = Some(rfc3339(*current));
+                            continue;
+                        }
+                    }
+                    let rewrite = match rewrite::rewrite_scope(root, &placement.scope, &target) {
+                        Ok(r) => r,
+                        Err(e @ rewrite::RewriteError::Verify { .. }) => {
+                            refused = Some(e.to_string());
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    for (path, line) in &rewrite.pinned {
+                        tracing::info!(app = %event.app, env = %placement.env, %path, line, "reference pinned with conveyor:pin: left as it is");
+                    }
+                    references += rewrite.references;
+                    pinned.extend(rewrite.pinned);
+                    if !rewrite.changes.is_empty() {
+                        deployed.insert(key, event.build_started_at);
+                        let entry = per_env.entry(placement.env).or_default();
+                        entry.0.push(event);
+                        entry.1.extend(rewrite.changes.iter().map(|c| c.path.clone()));
+                        changes.extend(rewrite.changes);
+                        applied = true;
+                    }
                 }
-                let verdict = if rewrite.references == 0 {
-                    Verdict::NoReference
-                } else if rewrite.changes.is_empty() && !rewrite.pinned.is_empty() {
-                    Verdict::Pinned(rewrite.pinned)
-                } else if rewrite.changes.is_empty() {
-                    Verdict::AlreadyCurrent
-                } else {
-                    deployed.insert(event.app.clone(), event.build_started_at);
-                    changes.extend(rewrite.changes);
-                    applied.push(event);
-                    Verdict::Applied
-                };
-                verdicts.push(verdict);
+                verdicts.push(match (applied, refused, stale) {
+                    (true, _, _) => Verdict::Applied,
+                    (false, Some(reason), _) => Verdict::Refused(reason),
+                    (false, None, Some(deployed_build_started_at)) if references == 0 => Verdict::Stale { deployed_build_started_at },
+                    _ if references == 0 && !held.is_empty() => Verdict::Held(held),
+                    _ if references == 0 => Verdict::NoReference,
+                    _ if !pinned.is_empty() => Verdict::Pinned(pinned),
+                    _ => Verdict::AlreadyCurrent,
+                });
             }
-            if applied.is_empty() {
+            if per_env.is_empty() {
                 return Ok(BatchOutcome { commit: None, changes, verdicts, attempts: attempt });
             }
-            let commit = self.commit(&applied, &changes)?;
+            let mut last = None;
+            for (env, (env_events, paths)) in &per_env {
+                last = Some(self.commit(config.as_ref(), env, env_events, paths)?);
+            }
+            let commit = last.expect("per_env is not empty").to_string();
             match self.push() {
-                Ok(()) => return Ok(BatchOutcome { commit: Some(commit.to_string()), changes, verdicts, attempts: attempt }),
+                Ok(()) => return Ok(BatchOutcome { commit: Some(commit), changes, verdicts, attempts: attempt }),
                 Err(PushFailure::Moved(reason)) if attempt < self.cfg.max_push_attempts => {
                     tracing::info!(attempt, %reason, "manifest branch moved; re-applying on the new head");
                     std::thread::sleep(backoff(attempt));
@@ -240,30 +278,33 @@ impl ManifestRepo {
 
     /// For the apps of `events`: when the build deployed now started, read from the trailers of
     /// the newest deploy commit of each app (searching the last 5,000 commits).
-    fn deployed_build_starts(&self, events: &[ImageBuilt]) -> Result<HashMap<String, OffsetDateTime>, GitOpsError> {
+    fn deployed_build_starts(&self, events: &[ImageBuilt]) -> Result<HashMap<(String, String), OffsetDateTime>, GitOpsError> {
         let mut wanted: Vec<&str> = events.iter().map(|e| e.app.as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let mut found: HashMap<String, OffsetDateTime> = HashMap::new();
+        let mut found: HashMap<(String, String), OffsetDateTime> = HashMap::new();
         let mut walk = self.repo.revwalk()?;
         walk.push_head()?;
         for oid in walk.take(5000) {
             let commit = self.repo.find_commit(oid?)?;
-            for (app, started) in deploy_trailers(commit.message().unwrap_or_default()) {
-                if wanted.contains(&app.as_str()) && !found.contains_key(&app) {
-                    found.insert(app, started);
+            for (app, env, started) in deploy_trailers(commit.message().unwrap_or_default()) {
+                if wanted.contains(&app.as_str()) {
+                    found.entry((app, env)).or_insert(started);
                 }
-            }
-            if found.len() == wanted.len() {
-                break;
             }
         }
         Ok(found)
     }
 
-    fn commit(&self, events: &[&ImageBuilt], changes: &[Change]) -> Result<git2::Oid, GitOpsError> {
+    fn commit(
+        &self,
+        config: Option<&ManifestConfig>,
+        env: &str,
+        events: &[&ImageBuilt],
+        paths: &[String],
+    ) -> Result<git2::Oid, GitOpsError> {
         let mut index = self.repo.index()?;
-        let mut paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        let mut paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         paths.sort_unstable();
         paths.dedup();
         for p in &paths {
@@ -273,7 +314,7 @@ impl ManifestRepo {
         let tree = self.repo.find_tree(index.write_tree()?)?;
         let parent = self.repo.head()?.peel_to_commit()?;
         let sig = Signature::now(&self.cfg.author_name, &self.cfg.author_email)?;
-        let message = commit_message(events, &paths);
+        let message = commit_message(config, env, events, &paths);
         Ok(self.repo.commit(Some("HEAD"), &sig, &sig, &message, &tree, &[&parent])?)
     }
 
@@ -382,29 +423,42 @@ fn backoff(attempt: u32) -> Duration {
 
 const APP_TRAILER: &str = "Conveyor-App: ";
 const STARTED_TRAILER: &str = "Conveyor-Build-Started-At: ";
+const ENV_TRAILER: &str = "Conveyor-Environment: ";
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).expect("a UTC timestamp always formats as RFC 3339")
 }
 
-/// `deploy(<app>): <repository>:<tag>` (or `deploy: N images` for a batch) with the sources,
-/// `[skip ci]` so the manifest repository's own CI does not run, and one block of trailers per
-/// event tying the commit to its build.
-pub fn commit_message(events: &[&ImageBuilt], paths: &[&str]) -> String {
+/// The subject from the template (or `deploy(<app>[/<env>]): <repository>:<tag>`, or
+/// `deploy[(<env>)]: N images` for a batch), the sources, `[skip ci]` so the manifest
+/// repository's own CI does not run, and one block of trailers per event tying the commit to its
+/// build (and to the promotion, for one).
+pub fn commit_message(config: Option<&ManifestConfig>, env: &str, events: &[&ImageBuilt], paths: &[&str]) -> String {
     let mut m = match events {
-        [one] => format!("deploy({}): {}\n\n", one.app, one.image.reference()),
-        many => format!("deploy: {} images\n\n", many.len()),
+        [one] => format!("{}\n\n", manifest_config::subject(config, one, env)),
+        many if env == manifest_config::DEFAULT_ENV => format!("deploy: {} images\n\n", many.len()),
+        many => format!("deploy({env}): {} images\n\n", many.len()),
     };
     for e in events {
-        m.push_str(&format!(
-            "{}: {} built from {}@{} ({}) by build {}.\n",
-            e.app,
-            e.image.reference(),
-            e.source.repo_url,
-            e.source.commit,
-            e.source.branch,
-            e.build_id
-        ));
+        match &e.deploy {
+            Some(d) => m.push_str(&format!(
+                "{}: promote {} to {} (requested by {}; image of event {}).\n",
+                e.app,
+                e.image.reference(),
+                d.environment,
+                d.requested_by,
+                d.of_event
+            )),
+            None => m.push_str(&format!(
+                "{}: {} built from {}@{} ({}) by build {}.\n",
+                e.app,
+                e.image.reference(),
+                e.source.repo_url,
+                e.source.commit,
+                e.source.branch,
+                e.build_id
+            )),
+        }
     }
     m.push_str("Updated:\n");
     for p in paths {
@@ -413,26 +467,34 @@ pub fn commit_message(events: &[&ImageBuilt], paths: &[&str]) -> String {
     m.push_str("\n[skip ci]\n\n");
     for e in events {
         m.push_str(&format!("{APP_TRAILER}{}\n", e.app));
+        m.push_str(&format!("{ENV_TRAILER}{env}\n"));
         m.push_str(&format!("Conveyor-Image: {}\n", e.image.reference()));
         m.push_str(&format!("Conveyor-Source-Commit: {}\n", e.source.commit));
         m.push_str(&format!("Conveyor-Image-Digest: {}\n", e.image.digest));
         m.push_str(&format!("Conveyor-Event-Id: {}\n", e.event_id));
         m.push_str(&format!("Conveyor-Build-Id: {}\n", e.build_id));
+        if let Some(d) = &e.deploy {
+            m.push_str(&format!("Conveyor-Promotion: {} by {}\n", d.of_event, d.requested_by));
+        }
         m.push_str(&format!("{STARTED_TRAILER}{}\n", rfc3339(e.build_started_at)));
     }
     m
 }
 
-/// (app, build start) for each event recorded in a deploy commit's trailers.
-fn deploy_trailers(message: &str) -> Vec<(String, OffsetDateTime)> {
+/// (app, environment, build start) for each event recorded in a deploy commit's trailers.
+fn deploy_trailers(message: &str) -> Vec<(String, String, OffsetDateTime)> {
     let mut out = Vec::new();
     let mut app: Option<&str> = None;
+    let mut env = manifest_config::DEFAULT_ENV;
     for line in message.lines() {
         if let Some(a) = line.strip_prefix(APP_TRAILER) {
             app = Some(a.trim());
+            env = manifest_config::DEFAULT_ENV;
+        } else if let Some(e) = line.strip_prefix(ENV_TRAILER) {
+            env = e.trim();
         } else if let (Some(a), Some(t)) = (app, line.strip_prefix(STARTED_TRAILER)) {
             if let Ok(t) = OffsetDateTime::parse(t.trim(), &time::format_description::well_known::Rfc3339) {
-                out.push((a.to_string(), t));
+                out.push((a.to_string(), env.to_string(), t));
             }
             app = None;
         }
@@ -630,8 +692,10 @@ mod tests {
     fn trailers_record_each_event_of_a_batch() {
         let msg = "deploy: 2 images\n\n[skip ci]\n\nConveyor-App: web\nConveyor-Build-Started-At: 2026-11-23T10:00:00Z\nConveyor-App: api\nConveyor-Image: x\nConveyor-Build-Started-At: 2026-11-23T11:00:00Z\n";
         let t = deploy_trailers(msg);
-        assert_eq!(t.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(), vec!["web", "api"]);
-        assert!(t[0].1 < t[1].1);
+        assert_eq!(t.iter().map(|(a, e, _)| (a.as_str(), e.as_str())).collect::<Vec<_>>(), vec![("web", "default"), ("api", "default")]);
+        assert!(t[0].2 < t[1].2);
+        let with_env = "x\n\nConveyor-App: web\nConveyor-Environment: staging\nConveyor-Build-Started-At: 2026-11-23T10:00:00Z\n";
+        assert_eq!(deploy_trailers(with_env)[0].1, "staging");
     }
 
     #[test]

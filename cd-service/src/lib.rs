@@ -4,6 +4,7 @@
 pub mod config;
 pub mod consume;
 pub mod gitops;
+pub mod manifest_config;
 pub mod rewrite;
 
 use std::sync::Arc;

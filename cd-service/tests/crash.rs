@@ -31,6 +31,7 @@ fn event(app: usize, round: usize, t0: time::OffsetDateTime) -> ImageBuilt {
         build_started_at: t0 + time::Duration::seconds(round as i64),
         built_at: t0 + time::Duration::seconds(round as i64),
         traceparent: None,
+        deploy: None,
     }
 }
 

@@ -29,6 +29,7 @@ fn event(app: &str, repository: &str, tag: &str) -> ImageBuilt {
         build_started_at: time::OffsetDateTime::now_utc(),
         built_at: time::OffsetDateTime::now_utc(),
         traceparent: None,
+        deploy: None,
     }
 }
 

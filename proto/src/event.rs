@@ -35,6 +35,29 @@ pub struct ImageBuilt {
     /// W3C `traceparent` of the build, when the build was traced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Set when this is not a new build but an explicit request to deploy an already built
+    /// image to one environment (a promotion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployIntent>,
+}
+
+/// An explicit deployment of an existing image to one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployIntent {
+    pub kind: IntentKind,
+    /// The environment to deploy to (a DNS label), whatever its update policy.
+    pub environment: String,
+    /// Who asked (user name or system).
+    pub requested_by: String,
+    /// The event whose image this deploys.
+    pub of_event: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntentKind {
+    Promotion,
 }
 
 /// A pushed image: `repository:tag`, pinned by `digest`.
@@ -86,6 +109,11 @@ impl ImageBuilt {
         if let Some(tp) = &self.traceparent {
             validate::traceparent(tp)?;
         }
+        if let Some(d) = &self.deploy {
+            validate::environment(&d.environment)?;
+            validate::non_empty("deploy.requested_by", &d.requested_by)?;
+            validate::non_empty("deploy.of_event", &d.of_event)?;
+        }
         Ok(())
     }
 
@@ -103,9 +131,13 @@ impl ImageBuilt {
         serde_json::to_vec(self).map_err(|e| ValidationError::Malformed(e.to_string()))
     }
 
-    /// The `Nats-Msg-Id` for this event: the same image pushed twice is stored once.
+    /// The `Nats-Msg-Id` for this event: the same image pushed twice is stored once; each
+    /// explicit deployment is its own message.
     pub fn dedup_id(&self) -> String {
-        format!("{}@{}", self.image.reference(), self.image.digest)
+        match &self.deploy {
+            None => format!("{}@{}", self.image.reference(), self.image.digest),
+            Some(d) => format!("{}@{}#{:?}:{}:{}", self.image.reference(), self.image.digest, d.kind, d.environment, self.event_id),
+        }
     }
 }
 
@@ -132,6 +164,7 @@ mod tests {
             build_started_at: time::macros::datetime!(2026-11-23 10:00:00 UTC),
             built_at: time::macros::datetime!(2026-11-23 10:00:42 UTC),
             traceparent: None,
+            deploy: None,
         }
     }
 
@@ -164,6 +197,23 @@ mod tests {
         let mut e = sample();
         e.version = 2;
         assert!(matches!(e.validate(), Err(ValidationError::UnsupportedVersion { found: 2, .. })));
+    }
+
+    #[test]
+    fn a_promotion_is_validated_and_not_deduplicated_against_its_build() {
+        let build = sample();
+        let mut promo = sample();
+        promo.event_id = "promo-1".into();
+        promo.deploy = Some(DeployIntent {
+            kind: IntentKind::Promotion,
+            environment: "production".into(),
+            requested_by: "alice".into(),
+            of_event: build.event_id.clone(),
+        });
+        assert!(promo.validate().is_ok());
+        assert_ne!(promo.dedup_id(), build.dedup_id());
+        promo.deploy.as_mut().unwrap().environment = "Prod!".into();
+        assert!(matches!(promo.validate(), Err(ValidationError::InvalidEnvironment { .. })));
     }
 
     #[test]

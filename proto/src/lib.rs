@@ -7,7 +7,7 @@ pub mod event;
 pub mod names;
 pub mod validate;
 
-pub use event::{ImageBuilt, ImageRef, SourceRef, EVENT_VERSION};
+pub use event::{DeployIntent, ImageBuilt, ImageRef, IntentKind, SourceRef, EVENT_VERSION};
 pub use names::{
     headers, subject_for_app, DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD,
 };

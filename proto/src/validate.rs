@@ -20,6 +20,8 @@ pub enum ValidationError {
     InvalidApp { app: String },
     #[error("invalid image repository {repository:?}: {reason}")]
     InvalidRepository { repository: String, reason: &'static str },
+    #[error("invalid environment name {environment:?}: expected a DNS label")]
+    InvalidEnvironment { environment: String },
     #[error("invalid commit id {commit:?}: expected 40 or 64 lowercase hex characters")]
     InvalidCommit { commit: String },
     #[error("invalid traceparent {value:?}: expected 00-<32 hex>-<16 hex>-<2 hex>")]
@@ -68,6 +70,11 @@ pub fn app_name(app: &str) -> Result<(), ValidationError> {
         return Err(ValidationError::InvalidApp { app: app.to_string() });
     }
     Ok(())
+}
+
+/// An environment name: a DNS label, like app names.
+pub fn environment(environment: &str) -> Result<(), ValidationError> {
+    app_name(environment).map_err(|_| ValidationError::InvalidEnvironment { environment: environment.to_string() })
 }
 
 /// A full commit id.

@@ -77,15 +77,25 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RewriteError + '_ {
 /// Rewrites the manifests under `root` (skipping `.git` and symlinks) and writes the files that
 /// changed. Nothing is written unless every changed file passed verification.
 pub fn rewrite_tree(root: &Path, target: &Target<'_>) -> Result<TreeRewrite, RewriteError> {
+    rewrite_scope(root, &[root.to_path_buf()], target)
+}
+
+/// Like [`rewrite_tree`], limited to `scope`: files or directories inside `root`.
+pub fn rewrite_scope(root: &Path, scope: &[PathBuf], target: &Target<'_>) -> Result<TreeRewrite, RewriteError> {
     let mut yaml_files = Vec::new();
     let mut env_files = Vec::new();
-    let walk = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| e.file_name() != ".git");
+    let walk = scope.iter().flat_map(|s| {
+        walkdir::WalkDir::new(s).follow_links(false).sort_by_file_name().into_iter().filter_entry(|e| e.file_name() != ".git")
+    });
     for entry in walk {
         let entry = entry.map_err(|e| RewriteError::Io {
             path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
             source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")),
         })?;
         if !entry.file_type().is_file() {
+            continue;
+        }
+        if yaml_files.contains(&entry.path().to_path_buf()) || env_files.contains(&entry.path().to_path_buf()) {
             continue;
         }
         let name = entry.file_name().to_string_lossy();

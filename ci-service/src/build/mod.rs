@@ -141,6 +141,7 @@ async fn run_steps(state: &Arc<AppState>, job: &BuildJob) -> Result<(), String> 
         build_started_at: started_at,
         built_at: OffsetDateTime::now_utc(),
         traceparent: None,
+        deploy: None,
     };
     let sequence = step(store, id, "publish", publish(&state.publisher, &event)).await?;
     store.set_event(id, &event.event_id, sequence);

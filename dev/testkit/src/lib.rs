@@ -82,7 +82,7 @@ pub struct ChildGuard(pub std::process::Child);
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = Command::new("kill").args(["-TERM", &pid]).stderr(std::process::Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
