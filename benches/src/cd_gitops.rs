@@ -87,6 +87,7 @@ fn start_cd(bin: &Path, nats: &TestNats, bare: &BareRepo, work: &Path) -> anyhow
     let log = std::fs::File::create(work.join("cd-service.log"))?;
     let child = Command::new(bin.join("cd-service"))
         .env("CONVEYOR_NATS_URL", &nats.url)
+        .env("CONVEYOR_CD_LISTEN", "127.0.0.1:0")
         .env("CONVEYOR_MANIFEST_REPO", bare.url())
         .env("CONVEYOR_WORKDIR", work.join("cd-work"))
         .env("RUST_LOG", "warn")

@@ -8,11 +8,19 @@ use clap::Parser;
 use crate::gitops::{GitAuth, RepoConfig};
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "cd-service", about = "Conveyor CD: image-built events -> image tag commits in a GitOps manifest repo")]
+#[command(
+    name = "cd-service",
+    about = "Conveyor CD: image-built events -> image tag commits in a GitOps manifest repo",
+    after_help = "To promote an image to an environment: cd-service promote --help"
+)]
 pub struct Config {
     /// NATS server URL (JetStream must be enabled).
     #[arg(long, env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+
+    /// Address of the HTTP API (`POST /promote`, `GET /healthz`).
+    #[arg(long, env = "CONVEYOR_CD_LISTEN", default_value = "127.0.0.1:8090")]
+    pub listen: std::net::SocketAddr,
 
     /// Manifest repository: a local path, `ssh://git@host[:port]/path` or `git@host:path`.
     #[arg(long, env = "CONVEYOR_MANIFEST_REPO")]

@@ -87,6 +87,11 @@ impl Consumer {
         Ok(Self { js, messages, opts })
     }
 
+    /// The JetStream context (for publishing promotions).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.js.clone()
+    }
+
     /// Pulls and applies batches until `shutdown` resolves; the batch in progress is finished first.
     pub async fn run(mut self, repo: Arc<Mutex<ManifestRepo>>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);

@@ -4,7 +4,9 @@
 pub mod config;
 pub mod consume;
 pub mod gitops;
+pub mod http;
 pub mod manifest_config;
+pub mod promote;
 pub mod rewrite;
 
 use std::sync::Arc;
@@ -22,11 +24,14 @@ pub enum StartError {
     Consume(#[from] consume::ConsumeError),
     #[error("the manifest clone task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 pub struct Service {
     pub repo: Arc<Mutex<ManifestRepo>>,
     consumer: consume::Consumer,
+    listener: tokio::net::TcpListener,
 }
 
 impl Service {
@@ -35,11 +40,31 @@ impl Service {
         let repo = tokio::task::spawn_blocking(move || ManifestRepo::open_or_clone(repo_cfg)).await??;
         tracing::info!(repo = %config.manifest_repo, branch = %config.branch, clone = %repo.work_tree().display(), "manifest repository ready");
         let consumer = consume::Consumer::open(&config.nats_url, config.consume_options()).await?;
-        tracing::info!(consumer = %config.consumer, "consuming image-built events");
-        Ok(Self { repo: Arc::new(Mutex::new(repo)), consumer })
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
+        tracing::info!(consumer = %config.consumer, http = %config.listen, "consuming image-built events");
+        Ok(Self { repo: Arc::new(Mutex::new(repo)), consumer, listener })
     }
 
+    /// The address the HTTP API listens on.
+    pub fn http_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Applies events and serves HTTP until `shutdown`; the batch in progress is finished first.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        self.consumer.run(self.repo, shutdown).await
+        let state = Arc::new(http::HttpState { js: self.consumer.jetstream(), repo: self.repo.clone() });
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(self.listener, http::router(state)).with_graceful_shutdown(async {
+            let _ = http_stopped.await;
+        });
+        let server = tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        self.consumer.run(self.repo, shutdown).await;
+        let _ = stop_http.send(());
+        let _ = server.await;
     }
 }

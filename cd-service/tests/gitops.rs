@@ -53,6 +53,7 @@ async fn start_cd(nats: &TestNats, url: &str) -> Cd {
     let mut cfg = Config::for_repo(url);
     cfg.nats_url = nats.url.clone();
     cfg.workdir = workdir.path().to_path_buf();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
     let service = Service::start(&cfg).await.expect("cd-service starts");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(service.run(async move {
@@ -266,6 +267,7 @@ async fn start_cd_ssh(nats: &TestNats, sshd: &TestSshd, bare: &BareRepo) -> Cd {
     cfg.workdir = workdir.path().to_path_buf();
     cfg.ssh_key = Some(sshd.deploy_key());
     cfg.known_hosts = Some(sshd.known_hosts());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
     let service = Service::start(&cfg).await.unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(service.run(async move {

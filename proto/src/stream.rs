@@ -17,6 +17,39 @@ pub enum StreamError {
     Timeout { url: String, secs: u64 },
     #[error("cannot create or open the event stream: {0}")]
     Stream(String),
+    #[error("refusing to publish an invalid event: {0}")]
+    Invalid(#[from] crate::ValidationError),
+    #[error("publish to {subject} failed: {message}")]
+    Publish { subject: String, message: String },
+    #[error("publish to {subject} was not acknowledged within {secs} s")]
+    AckTimeout { subject: String, secs: u64 },
+}
+
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Publishes an event on its app's subject with the contract's headers (`Nats-Msg-Id`,
+/// content type, event version, `traceparent`) and waits for the stream's ack; returns the
+/// stream sequence and whether the stream had it already (de-duplicated).
+pub async fn publish_event(js: &jetstream::Context, event: &crate::ImageBuilt) -> Result<(u64, bool), StreamError> {
+    use crate::headers;
+    let payload = event.to_json()?;
+    let subject = crate::subject_for_app(&event.app);
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(headers::MSG_ID, event.dedup_id().as_str());
+    h.insert(headers::CONTENT_TYPE, "application/json");
+    h.insert(headers::EVENT_VERSION, crate::EVENT_VERSION.to_string().as_str());
+    if let Some(tp) = &event.traceparent {
+        h.insert(headers::TRACEPARENT, tp.as_str());
+    }
+    let err = |message: String| StreamError::Publish { subject: subject.clone(), message };
+    let ack = async {
+        let fut = js.publish_with_headers(subject.clone(), h, payload.into()).await.map_err(|e| err(e.to_string()))?;
+        fut.await.map_err(|e| err(e.to_string()))
+    };
+    let ack = tokio::time::timeout(ACK_TIMEOUT, ack)
+        .await
+        .map_err(|_| StreamError::AckTimeout { subject: subject.clone(), secs: ACK_TIMEOUT.as_secs() })??;
+    Ok((ack.sequence, ack.duplicate))
 }
 
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -77,6 +77,7 @@ impl Stack {
         let cd_log = std::fs::File::create(d.join("cd-service.log"))?;
         let cd = Command::new(bins.join("cd-service"))
             .env("CONVEYOR_NATS_URL", &nats.url)
+            .env("CONVEYOR_CD_LISTEN", "127.0.0.1:0")
             .env("CONVEYOR_MANIFEST_REPO", manifest_repo.url())
             .env("CONVEYOR_WORKDIR", d.join("cd-work"))
             .env("RUST_LOG", "info")

@@ -1,0 +1,165 @@
+//! Environments from `conveyor.yaml`: builds go to `auto` environments only; a `manual`
+//! environment moves by promotion (HTTP or CLI), through the same queue, recorded in the commit;
+//! events the configuration does not know are dead-lettered.
+
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+
+use cd_service::{Config, Service};
+use conveyor_proto::{headers, ImageBuilt, ImageRef, SourceRef, DEADLETTER_STREAM, EVENTS_STREAM, EVENT_VERSION};
+use conveyor_testkit::{copy_tree, BareRepo, TestNats, WorkClone};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+const REPO: &str = "registry.example.test/team/web";
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/environments");
+
+fn build(app: &str, repository: &str, tag: &str, minute: i64) -> ImageBuilt {
+    let t = time::macros::datetime!(2026-11-23 10:00 UTC) + time::Duration::minutes(minute);
+    ImageBuilt {
+        version: EVENT_VERSION,
+        event_id: format!("evt-{app}-{tag}"),
+        app: app.into(),
+        image: ImageRef { repository: repository.into(), tag: tag.into(), digest: format!("sha256:{}", "ef".repeat(32)) },
+        source: SourceRef { repo_url: "/src/web.git".into(), commit: "d".repeat(40), branch: "main".into() },
+        build_id: format!("b-{tag}"),
+        build_started_at: t,
+        built_at: t,
+        traceparent: None,
+        deploy: None,
+    }
+}
+
+struct Cd {
+    http: SocketAddr,
+    _stop: oneshot::Sender<()>,
+    _workdir: tempfile::TempDir,
+}
+
+async fn start(nats: &TestNats, bare: &BareRepo) -> Cd {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::for_repo(&bare.url());
+    cfg.nats_url = nats.url.clone();
+    cfg.workdir = workdir.path().to_path_buf();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    let service = Service::start(&cfg).await.expect("cd-service starts");
+    let http = service.http_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(service.run(async move {
+        let _ = stopped.await;
+    }));
+    Cd { http, _stop: stop, _workdir: workdir }
+}
+
+fn tag_in(bare: &BareRepo, env: &str) -> String {
+    let k = bare.show("main", &format!("overlays/{env}/kustomization.yaml"));
+    k.lines().find_map(|l| l.trim().strip_prefix("newTag: ")).unwrap().trim_matches('"').to_string()
+}
+
+async fn applied(nats: &TestNats, seq: u64) {
+    nats.wait_consumer_done(EVENTS_STREAM, "cd-service", seq, Duration::from_secs(30)).await;
+}
+
+async fn post_promote(cd: &Cd, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new().post(format!("http://{}/promote", cd.http)).json(&body).send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_reach_auto_environments_and_production_moves_only_by_promotion() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = BareRepo::create(dir.path().join("manifests.git"));
+    let seed = WorkClone::init(dir.path().join("seed"), &bare);
+    copy_tree(Path::new(FIXTURE), &seed.path);
+    seed.commit_all("web with staging and production");
+    seed.push();
+    let cd = start(&nats, &bare).await;
+
+    applied(&nats, nats.publish_event(&build("web", REPO, "v2", 1)).await).await;
+    assert_eq!((tag_in(&bare, "staging").as_str(), tag_in(&bare, "production").as_str()), ("v2", "1.0.0"), "manual production waits");
+    assert!(bare.show("main", "base/deployment.yaml").contains("team/web:base"), "files outside the environments' paths are not touched");
+    let msg = bare.message("main");
+    assert!(msg.starts_with("deploy web to staging: v2\n"), "commit subject from the template:\n{msg}");
+    assert!(msg.contains("Conveyor-Environment: staging"));
+    applied(&nats, nats.publish_event(&build("web", REPO, "v3", 2)).await).await;
+    assert_eq!(tag_in(&bare, "staging"), "v3");
+
+    // Promote v2 (not the newest) to production over HTTP.
+    let (status, body) = post_promote(&cd, json!({"app": "web", "environment": "production", "tag": "v2", "requested_by": "alice"})).await;
+    assert_eq!(status, 202, "{body}");
+    applied(&nats, body["sequence"].as_u64().unwrap()).await;
+    assert_eq!((tag_in(&bare, "staging").as_str(), tag_in(&bare, "production").as_str()), ("v3", "v2"));
+    let msg = bare.message("main");
+    assert!(msg.starts_with("deploy web to production: v2\n"), "{msg}");
+    assert!(
+        msg.contains("promote registry.example.test/team/web:v2 to production (requested by alice")
+            && msg.contains("Conveyor-Promotion: evt-web-v2 by alice"),
+        "{msg}"
+    );
+
+    // And v3 with the CLI.
+    let out = Command::new(env!("CARGO_BIN_EXE_cd-service"))
+        .args(["promote", "--app", "web", "--to", "production", "--tag", "v3", "--as", "bob", "--url", &format!("http://{}", cd.http)])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("queued: promote registry.example.test/team/web:v3 to production"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seq: u64 = stdout.trim().rsplit(' ').next().unwrap().trim_end_matches(')').parse().unwrap();
+    applied(&nats, seq).await;
+    assert_eq!(tag_in(&bare, "production"), "v3");
+    assert!(bare.message("main").contains("by bob"));
+
+    // Refusals are JSON with a stable code, and queue nothing.
+    for (body, status, code) in [
+        (json!({"app": "web", "environment": "production", "tag": "v9"}), 404, "unknown_tag"),
+        (json!({"app": "web", "environment": "qa", "tag": "v2"}), 404, "unknown_environment"),
+        (json!({"app": "api", "environment": "production", "tag": "v2"}), 404, "unknown_app"),
+        (json!({"app": "web", "environment": "production", "tag": "-bad"}), 422, "invalid_request"),
+        (json!({"app": "web"}), 422, "invalid_request"),
+    ] {
+        let (s, b) = post_promote(&cd, body.clone()).await;
+        assert_eq!((s, b["error"].as_str()), (status, Some(code)), "{body} -> {b}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cd-service"))
+        .args(["promote", "--app", "web", "--to", "production", "--tag", "v9", "--url", &format!("http://{}", cd.http)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no image-built event for web:v9"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_the_configuration_does_not_know_are_dead_lettered() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = BareRepo::create(dir.path().join("manifests.git"));
+    let seed = WorkClone::init(dir.path().join("seed"), &bare);
+    copy_tree(Path::new(FIXTURE), &seed.path);
+    seed.commit_all("web");
+    seed.push();
+    let _cd = start(&nats, &bare).await;
+
+    nats.publish_event(&build("api", "registry.example.test/team/api", "v1", 1)).await;
+    nats.publish_event(&build("web", "registry.example.test/team/other", "v1", 1)).await;
+    // A path of conveyor.yaml that does not exist: a clear reason, nothing lost.
+    seed.write(
+        "conveyor.yaml",
+        &std::fs::read_to_string(Path::new(FIXTURE).join("conveyor.yaml")).unwrap().replace("overlays/staging", "overlays/stagin"),
+    );
+    seed.commit_all("typo in a path");
+    seed.push();
+    let last = nats.publish_event(&build("web", REPO, "v5", 5)).await;
+    applied(&nats, last).await;
+
+    let dead = nats.stream_messages_with_headers(DEADLETTER_STREAM).await;
+    let reasons: Vec<String> =
+        dead.iter().map(|(_, _, h)| h.get(headers::DEAD_REASON).map(|v| v.to_string()).unwrap_or_default()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("unknown app \"api\""), "{reasons:?}");
+    assert!(reasons[1].contains("is not app web's image"), "{reasons:?}");
+    assert!(reasons[2].contains("overlays/stagin") && reasons[2].contains("does not exist"), "{reasons:?}");
+    assert_eq!(bare.count("main"), 2, "nothing committed");
+}
