@@ -196,8 +196,6 @@ impl ManifestRepo {
                     }
                 };
                 let explicit = event.deploy.is_some();
-                let target =
-                    Target { app: &event.app, repository: &event.image.repository, tag: &event.image.tag, digest: &event.image.digest };
                 let (mut references, mut pinned, mut held, mut stale, mut refused, mut applied) =
                     (0, Vec::new(), Vec::new(), None, None, false);
                 for placement in placements {
@@ -213,6 +211,14 @@ impl ManifestRepo {
                             continue;
                         }
                     }
+                    let target = Target {
+                        app: &event.app,
+                        repository: &event.image.repository,
+                        tag: &event.image.tag,
+                        digest: &event.image.digest,
+                        pin_digest: placement.pin_digest,
+                        helm: placement.helm.as_ref().map(|h| (h.repository.as_str(), h.tag.as_str())),
+                    };
                     let rewrite = match rewrite::rewrite_scope(root, &placement.scope, &target) {
                         Ok(r) => r,
                         Err(e @ rewrite::RewriteError::Verify { .. }) => {
@@ -475,6 +481,9 @@ pub fn commit_message(config: Option<&ManifestConfig>, env: &str, events: &[&Ima
         m.push_str(&format!("Conveyor-Build-Id: {}\n", e.build_id));
         if let Some(d) = &e.deploy {
             m.push_str(&format!("Conveyor-Promotion: {} by {}\n", d.of_event, d.requested_by));
+        }
+        if let Some(trace_id) = e.traceparent.as_deref().and_then(|tp| tp.split('-').nth(1)) {
+            m.push_str(&format!("Conveyor-Trace-Id: {trace_id}\n"));
         }
         m.push_str(&format!("{STARTED_TRAILER}{}\n", rfc3339(e.build_started_at)));
     }

@@ -31,6 +31,18 @@ pub struct AppConfig {
     /// The image repository the app's events name.
     pub image: String,
     pub environments: BTreeMap<String, EnvConfig>,
+    /// Helm values whose keys are not `repository`/`tag`: dotted key paths of both.
+    #[serde(default)]
+    pub helm: Option<HelmKeys>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelmKeys {
+    /// e.g. `web.image.repo`
+    pub repository: String,
+    /// e.g. `web.image.version`
+    pub tag: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +55,9 @@ pub struct EnvConfig {
     /// A reason; while set, new builds are not deployed here (promotions still are).
     #[serde(default)]
     pub pinned: Option<String>,
+    /// Write `repo:tag@sha256:...` into image references (those with a digest keep one anyway).
+    #[serde(default)]
+    pub pin_digest: bool,
 }
 
 /// `auto`: every green build is deployed. `manual`: only promotions are.
@@ -68,6 +83,8 @@ pub struct Placement {
     pub env: String,
     pub scope: Vec<PathBuf>,
     pub held: Option<String>,
+    pub pin_digest: bool,
+    pub helm: Option<HelmKeys>,
 }
 
 /// Loads and validates `conveyor.yaml`; `Ok(None)` when the repository has none.
@@ -146,7 +163,13 @@ pub fn placements(config: Option<&ManifestConfig>, root: &Path, event: &ImageBui
             Some(d) if d.environment != DEFAULT_ENV => {
                 Err(format!("environment {:?} is unknown: the manifest repository has no {FILE}", d.environment))
             }
-            _ => Ok(vec![Placement { env: DEFAULT_ENV.to_string(), scope: vec![root.to_path_buf()], held: None }]),
+            _ => Ok(vec![Placement {
+                env: DEFAULT_ENV.to_string(),
+                scope: vec![root.to_path_buf()],
+                held: None,
+                pin_digest: false,
+                helm: None,
+            }]),
         };
     };
     let app = config.apps.get(&event.app).ok_or_else(|| format!("unknown app {:?}: it is not in {FILE}", event.app))?;
@@ -162,7 +185,13 @@ pub fn placements(config: Option<&ManifestConfig>, root: &Path, event: &ImageBui
                 .environments
                 .get(&d.environment)
                 .ok_or_else(|| format!("app {} has no environment {:?} in {FILE}", event.app, d.environment))?;
-            Ok(vec![Placement { env: d.environment.clone(), scope: scope(&d.environment, e)?, held: None }])
+            Ok(vec![Placement {
+                env: d.environment.clone(),
+                scope: scope(&d.environment, e)?,
+                held: None,
+                pin_digest: e.pin_digest,
+                helm: app.helm.clone(),
+            }])
         }
         None => app
             .environments
@@ -173,7 +202,13 @@ pub fn placements(config: Option<&ManifestConfig>, root: &Path, event: &ImageBui
                     (None, Policy::Manual) => Some("manual policy: waiting for a promotion".to_string()),
                     (None, Policy::Auto) => None,
                 };
-                Ok(Placement { env: env.clone(), scope: if held.is_some() { Vec::new() } else { scope(env, e)? }, held })
+                Ok(Placement {
+                    env: env.clone(),
+                    scope: if held.is_some() { Vec::new() } else { scope(env, e)? },
+                    held,
+                    pin_digest: e.pin_digest,
+                    helm: app.helm.clone(),
+                })
             })
             .collect(),
     }

@@ -117,7 +117,7 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
     for (body, status, code) in [
         (json!({"app": "web", "environment": "production", "tag": "v9"}), 404, "unknown_tag"),
         (json!({"app": "web", "environment": "qa", "tag": "v2"}), 404, "unknown_environment"),
-        (json!({"app": "api", "environment": "production", "tag": "v2"}), 404, "unknown_app"),
+        (json!({"app": "billing", "environment": "production", "tag": "v2"}), 404, "unknown_app"),
         (json!({"app": "web", "environment": "production", "tag": "-bad"}), 422, "invalid_request"),
         (json!({"app": "web"}), 422, "invalid_request"),
     ] {
@@ -142,7 +142,7 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
     seed.push();
     let _cd = start(&nats, &bare).await;
 
-    nats.publish_event(&build("api", "registry.example.test/team/api", "v1", 1)).await;
+    nats.publish_event(&build("billing", "registry.example.test/team/billing", "v1", 1)).await;
     nats.publish_event(&build("web", "registry.example.test/team/other", "v1", 1)).await;
     // A path of conveyor.yaml that does not exist: a clear reason, nothing lost.
     seed.write(
@@ -150,7 +150,7 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
         &std::fs::read_to_string(Path::new(FIXTURE).join("conveyor.yaml")).unwrap().replace("overlays/staging", "overlays/stagin"),
     );
     seed.commit_all("typo in a path");
-    seed.push();
+    seed.push_rebasing(10);
     let last = nats.publish_event(&build("web", REPO, "v5", 5)).await;
     applied(&nats, last).await;
 
@@ -158,8 +158,36 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
     let reasons: Vec<String> =
         dead.iter().map(|(_, _, h)| h.get(headers::DEAD_REASON).map(|v| v.to_string()).unwrap_or_default()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(reasons[0].contains("unknown app \"api\""), "{reasons:?}");
+    assert!(reasons[0].contains("unknown app \"billing\""), "{reasons:?}");
     assert!(reasons[1].contains("is not app web's image"), "{reasons:?}");
     assert!(reasons[2].contains("overlays/stagin") && reasons[2].contains("does not exist"), "{reasons:?}");
     assert_eq!(bare.count("main"), 2, "nothing committed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn helm_key_paths_digest_pinning_and_the_trace_id_trailer() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = BareRepo::create(dir.path().join("manifests.git"));
+    let seed = WorkClone::init(dir.path().join("seed"), &bare);
+    copy_tree(Path::new(FIXTURE), &seed.path);
+    seed.commit_all("web and api");
+    seed.push();
+    let _cd = start(&nats, &bare).await;
+
+    let mut ev = build("api", "registry.example.test/team/api", "0.2.0", 1);
+    ev.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    applied(&nats, nats.publish_event(&ev).await).await;
+
+    let values = std::fs::read_to_string(Path::new(FIXTURE).join("charts/api/values.yaml")).unwrap();
+    assert_eq!(
+        bare.show("main", "charts/api/values.yaml"),
+        values.replacen("\"0.1.0\"", "\"0.2.0\"", 1),
+        "only the configured key changed"
+    );
+    let job = bare.show("main", "charts/api/job.yaml");
+    assert!(job.contains(&format!("image: registry.example.test/team/api:0.2.0@{}\n", ev.image.digest)), "pin_digest pins:\n{job}");
+    let msg = bare.message("main");
+    assert!(msg.contains("Conveyor-Trace-Id: 4bf92f3577b34da6a3ce929d0e0e4736"), "{msg}");
+    assert!(msg.starts_with("deploy api to staging: 0.2.0\n"), "{msg}");
 }

@@ -94,7 +94,8 @@ pub fn rewrite(text: &str, target: &Target<'_>, next_to_template: bool) -> FileR
 mod tests {
     use super::*;
 
-    const T: Target<'static> = Target { app: "web", repository: "reg/web", tag: "abc123", digest: "sha256:feed" };
+    const T: Target<'static> =
+        Target { app: "web", repository: "reg/web", tag: "abc123", digest: "sha256:feed", pin_digest: false, helm: None };
 
     #[test]
     fn updates_image_tag_in_an_env_file_that_names_the_repository() {

@@ -66,8 +66,13 @@ pub struct Target<'a> {
     pub app: &'a str,
     pub repository: &'a str,
     pub tag: &'a str,
-    /// Written only where the manifest already pins a digest.
+    /// Written where the manifest already pins a digest, or everywhere with `pin_digest`.
     pub digest: &'a str,
+    /// Write `repo:tag@digest` into image references that have no digest yet.
+    pub pin_digest: bool,
+    /// Dotted key paths of the repository and tag in Helm values files whose keys are not
+    /// `repository`/`tag` (e.g. `web.imageRepo`, `web.imageVersion`).
+    pub helm: Option<(&'a str, &'a str)>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RewriteError + '_ {
@@ -171,7 +176,7 @@ fn collect(result: &mut TreeRewrite, writes: &mut Vec<(PathBuf, String)>, rel: &
 mod tests {
     use super::*;
 
-    const T: Target<'static> = Target { app: "app", repository: "reg/app", tag: "new", digest: "sha256:00" };
+    const T: Target<'static> = Target { app: "app", repository: "reg/app", tag: "new", digest: "sha256:00", pin_digest: false, helm: None };
 
     #[test]
     fn rewrites_only_yaml_and_env_and_never_follows_symlinks() {

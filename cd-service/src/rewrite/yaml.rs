@@ -29,6 +29,25 @@ pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewr
     let mut consumed = block_scalar_lines(&lines);
     let pinned = |k: &KeyLine<'_>| k.comment.is_some_and(|c| c.contains("conveyor:pin"));
 
+    // Helm values with configured key paths: the tag at `tag_path` where `repository_path` holds
+    // the image's repository.
+    if let Some((repository_path, tag_path)) = target.helm {
+        let paths = key_paths(&lines, &consumed);
+        let value_at = |path: &str| paths.iter().position(|p| p.as_deref() == Some(path)).and_then(|i| Some((i, parse(lines[i])?)));
+        if let (Some((ri, r)), Some((ti, t))) = (value_at(repository_path), value_at(tag_path)) {
+            if r.value_str(lines[ri]) == Some(target.repository) {
+                out.references += 1;
+                consumed[ri] = true;
+                consumed[ti] = true;
+                if pinned(&r) || pinned(&t) {
+                    out.pinned.push(ti + 1);
+                } else if let Some(span) = t.value {
+                    edits.insert(ti, (span, scalar(target.tag, span)));
+                }
+            }
+        }
+    }
+
     for idx in 0..lines.len() {
         let line = lines[idx];
         if consumed[idx] {
@@ -154,12 +173,34 @@ fn split_reference(lines: &[&str], idx: usize, k: &KeyLine<'_>, value: &str, kus
     }
 }
 
-/// `repo:tag`, or `repo:tag@digest` where the old value pinned a digest.
+/// `repo:tag`, or `repo:tag@digest` where the old value pinned a digest or pinning is asked for.
 fn full_ref(old: &str, target: &Target<'_>) -> String {
-    match ImageRefParts::parse(old).and_then(|r| r.digest) {
-        Some(_) => format!("{}:{}@{}", target.repository, target.tag, target.digest),
-        None => format!("{}:{}", target.repository, target.tag),
+    if target.pin_digest || ImageRefParts::parse(old).is_some_and(|r| r.digest.is_some()) {
+        format!("{}:{}@{}", target.repository, target.tag, target.digest)
+    } else {
+        format!("{}:{}", target.repository, target.tag)
     }
+}
+
+/// The dotted key path of every `key: value` line (sequence entries add no segment), so that
+/// configured Helm key paths can be found whatever the keys are called.
+fn key_paths(lines: &[&str], skip: &[bool]) -> Vec<Option<String>> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            if skip[i] {
+                return None;
+            }
+            let k = parse(line)?;
+            while stack.last().is_some_and(|(col, _)| *col >= k.col) {
+                stack.pop();
+            }
+            stack.push((k.col, k.key.to_string()));
+            Some(stack.iter().map(|(_, key)| key.as_str()).collect::<Vec<_>>().join("."))
+        })
+        .collect()
 }
 
 /// A tag written into a value: a plain scalar YAML would not read as that string gets quotes.
@@ -227,7 +268,14 @@ impl<'a> ImageRefParts<'a> {
 mod tests {
     use super::*;
 
-    const T: Target<'static> = Target { app: "flask-app", repository: "127.0.0.1:5000/flask-app", tag: "abc123", digest: "sha256:feed" };
+    const T: Target<'static> = Target {
+        app: "flask-app",
+        repository: "127.0.0.1:5000/flask-app",
+        tag: "abc123",
+        digest: "sha256:feed",
+        pin_digest: false,
+        helm: None,
+    };
 
     fn rw(text: &str) -> FileRewrite {
         rewrite(text, &T, false)
@@ -322,6 +370,26 @@ mod tests {
         assert_eq!((r.references, r.pinned.clone(), r.templates), (2, vec![2], true));
         let helm = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0 # conveyor:pin\n";
         assert_eq!(rw(helm).text, helm);
+    }
+
+    #[test]
+    fn configured_helm_key_paths() {
+        let t = Target { helm: Some(("web.deployment.imageRepo", "web.deployment.imageVersion")), ..T };
+        let text = "web:\n  deployment:\n    imageRepo: 127.0.0.1:5000/flask-app\n    # the version\n    imageVersion: \"1.0\"\n  other:\n    imageVersion: keep\nimageVersion: keep\n";
+        let r = rewrite(text, &t, false);
+        assert_eq!(r.text, text.replacen("\"1.0\"", "\"abc123\"", 1));
+        assert_eq!(r.references, 1);
+        let other = text.replace("127.0.0.1:5000/flask-app", "127.0.0.1:5000/other");
+        assert_eq!(rewrite(&other, &t, false).text, other, "another image's values are left alone");
+    }
+
+    #[test]
+    fn pin_digest_adds_the_digest_to_plain_references() {
+        let t = Target { pin_digest: true, ..T };
+        assert_eq!(
+            rewrite("image: 127.0.0.1:5000/flask-app:old\n", &t, false).text,
+            "image: 127.0.0.1:5000/flask-app:abc123@sha256:feed\n"
+        );
     }
 
     #[test]
