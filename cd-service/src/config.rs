@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::gitops::{GitAuth, RepoConfig};
+use crate::gitops::{GitAuth, RepoConfig, Secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -53,6 +53,22 @@ pub struct Config {
     /// known_hosts file the ssh host key must match (default ~/.ssh/known_hosts).
     #[arg(long, env = "CONVEYOR_KNOWN_HOSTS")]
     pub known_hosts: Option<PathBuf>,
+
+    /// Token for https manifest remotes (sent as the HTTP basic auth password; never logged).
+    #[arg(long, env = "CONVEYOR_GIT_TOKEN", hide_env_values = true)]
+    pub git_token: Option<Secret>,
+
+    /// File holding the token (e.g. a mounted Kubernetes Secret); read at start.
+    #[arg(long, env = "CONVEYOR_GIT_TOKEN_FILE", conflicts_with = "git_token")]
+    pub git_token_file: Option<PathBuf>,
+
+    /// User name sent with the token.
+    #[arg(long, env = "CONVEYOR_GIT_TOKEN_USER", default_value = "x-access-token")]
+    pub git_token_user: String,
+
+    /// CA bundle (PEM) for https remotes with a private CA; default: the system's.
+    #[arg(long, env = "CONVEYOR_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
 
     /// Pushes tried when the branch moved under us, before the event is handed back to the queue.
     #[arg(long, env = "CONVEYOR_MAX_PUSH_ATTEMPTS", default_value_t = 8)]
@@ -115,7 +131,12 @@ impl Config {
             clone_dir: self.workdir.join("clones").join(format!("{name}@{}", self.branch.replace('/', "_"))),
             author_name: self.author_name.clone(),
             author_email: self.author_email.clone(),
-            auth: GitAuth { ssh_key: self.ssh_key.clone(), known_hosts: self.known_hosts.clone() },
+            auth: GitAuth {
+                ssh_key: self.ssh_key.clone(),
+                known_hosts: self.known_hosts.clone(),
+                token: self.git_token.clone(),
+                token_user: self.git_token_user.clone(),
+            },
             max_push_attempts: self.max_push_attempts.max(1),
         }
     }

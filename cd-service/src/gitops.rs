@@ -35,6 +35,10 @@ pub enum GitOpsError {
     UnknownHost { host: String, known_hosts: String },
     #[error("the server refused the deploy key {key} for {url} (is it added as a deploy key with write access?)")]
     KeyRejected { key: String, url: String },
+    #[error("the server refused the token for {url} (expired, revoked, or without write access to the repository?)")]
+    TokenRejected { url: String },
+    #[error("{url} asks for a user name and password and no token is configured (--git-token)")]
+    NoToken { url: String },
     #[error("push of {branch} to {url} was rejected by the server: {reason}")]
     PushRejected { url: String, branch: String, reason: String },
     #[error("push of {branch} to {url} failed {attempts} times because the branch kept moving; giving up for now")]
@@ -47,22 +51,50 @@ pub enum GitOpsError {
     Git(#[from] git2::Error),
 }
 
+/// A secret value (token): never printed, in `Debug` or anywhere else.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
 /// How to reach the remote.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct GitAuth {
     /// Private key for ssh remotes (a deploy key).
     pub ssh_key: Option<PathBuf>,
     /// known_hosts file the ssh host key is checked against (default `~/.ssh/known_hosts`).
     pub known_hosts: Option<PathBuf>,
+    /// Token for https remotes, sent as the password of HTTP basic auth.
+    pub token: Option<Secret>,
+    /// User name sent with the token (`x-access-token` suits GitHub; GitLab takes any name).
+    pub token_user: String,
 }
 
-impl std::fmt::Debug for GitAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitAuth")
-            .field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted path>"))
-            .field("known_hosts", &self.known_hosts)
-            .finish()
-    }
+/// Makes TLS verification (https remotes) use this CA bundle instead of the system's. Process-
+/// wide: call once at start-up, before any git operation runs.
+pub fn set_ca_file(path: &Path) -> Result<(), GitOpsError> {
+    // SAFETY: libgit2's global options are set before any thread uses libgit2 (start-up only).
+    unsafe { git2::opts::set_ssl_cert_file(path) }.map_err(GitOpsError::Git)
 }
 
 #[derive(Debug, Clone)]
@@ -517,6 +549,13 @@ fn deploy_trailers(message: &str) -> Vec<(String, String, OffsetDateTime)> {
 struct Seen {
     host: Cell<Option<HostVerdict>>,
     key_tries: Cell<u32>,
+    offered: Cell<Option<Offered>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offered {
+    SshKey,
+    Token,
 }
 
 /// Credentials and host-key checks for the remote.
@@ -524,15 +563,24 @@ fn callbacks<'a>(cfg: &'a RepoConfig, seen: &'a Seen) -> RemoteCallbacks<'a> {
     let mut cbs = RemoteCallbacks::new();
     let tries = &seen.key_tries;
     let auth = &cfg.auth;
+    let offered = &seen.offered;
     cbs.credentials(move |_url, username, allowed| {
         tries.set(tries.get() + 1);
-        // libgit2 calls again after a refused key: stop instead of looping.
+        // libgit2 calls again after refused credentials: stop instead of looping.
         if tries.get() > 2 {
-            return Err(git2::Error::from_str("conveyor: ssh key rejected"));
+            return Err(git2::Error::from_str("conveyor: credentials rejected"));
+        }
+        if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
+            offered.set(Some(Offered::Token));
+            return match &auth.token {
+                Some(token) => Cred::userpass_plaintext(username.unwrap_or(&auth.token_user), token.expose()),
+                None => Err(git2::Error::from_str("conveyor: no token")),
+            };
         }
         if allowed.contains(git2::CredentialType::USERNAME) {
             return Cred::username(username.unwrap_or("git"));
         }
+        offered.set(Some(Offered::SshKey));
         match &auth.ssh_key {
             Some(key) if allowed.contains(git2::CredentialType::SSH_KEY) => Cred::ssh_key(username.unwrap_or("git"), None, key, None),
             _ => Err(git2::Error::from_str("conveyor: the remote asks for credentials and no ssh key is configured")),
@@ -569,7 +617,15 @@ fn classify(cfg: &RepoConfig, seen: &Seen, e: git2::Error, otherwise: impl FnOnc
         Some(HostVerdict::Unknown) => return GitOpsError::UnknownHost { host: host(), known_hosts: kh() },
         _ => {}
     }
-    if msg.contains("conveyor: ssh key rejected")
+    if msg.contains("conveyor: no token") {
+        return GitOpsError::NoToken { url: cfg.url.clone() };
+    }
+    if seen.offered.get() == Some(Offered::Token)
+        && (msg.contains("conveyor: credentials rejected") || seen.key_tries.get() > 1 || e.code() == ErrorCode::Auth)
+    {
+        return GitOpsError::TokenRejected { url: cfg.url.clone() };
+    }
+    if msg.contains("conveyor: credentials rejected")
         || seen.key_tries.get() > 1
         || (e.class() == git2::ErrorClass::Ssh && msg.to_ascii_lowercase().contains("authentication"))
     {

@@ -24,6 +24,8 @@ pub enum StartError {
     Consume(#[from] consume::ConsumeError),
     #[error("the manifest clone task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot read the git token file {path}: {source}")]
+    TokenFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -36,6 +38,15 @@ pub struct Service {
 
 impl Service {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let mut config = config.clone();
+        if let Some(path) = config.git_token_file.take() {
+            let token = std::fs::read_to_string(&path).map_err(|source| StartError::TokenFile { path: path.clone(), source })?;
+            config.git_token = Some(gitops::Secret::new(token.trim()));
+        }
+        if let Some(ca) = &config.ca_file {
+            gitops::set_ca_file(ca)?;
+        }
+        let config = &config;
         let repo_cfg = config.repo_config();
         let repo = tokio::task::spawn_blocking(move || ManifestRepo::open_or_clone(repo_cfg)).await??;
         tracing::info!(repo = %config.manifest_repo, branch = %config.branch, clone = %repo.work_tree().display(), "manifest repository ready");

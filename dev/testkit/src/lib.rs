@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod git;
+pub mod https;
 pub mod nats;
 pub mod registry;
 pub mod ssh;
@@ -18,6 +19,7 @@ use std::{
 
 pub use docker::TestDocker;
 pub use git::{BareRepo, WorkClone};
+pub use https::TestGitHttps;
 pub use nats::TestNats;
 pub use registry::TestRegistry;
 pub use ssh::TestSshd;
