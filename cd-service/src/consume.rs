@@ -16,7 +16,10 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
-use crate::gitops::{BatchOutcome, ManifestRepo, Verdict};
+use crate::{
+    gitops::{BatchOutcome, ManifestRepo, Verdict},
+    outcomes::{OutcomeRecord, Recent},
+};
 use conveyor_proto::{
     headers,
     stream::{deadletter_stream_config, open_events_stream},
@@ -48,18 +51,48 @@ pub struct Consumer {
     js: jetstream::Context,
     messages: pull::Stream,
     opts: ConsumeOptions,
+    recent: Arc<Recent>,
 }
 
-/// What happened to one message (logged, and counted by tests).
+/// What happened to one message (logged, and listed by `GET /outcomes`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Committed { commit: String },
     AlreadyCurrent,
-    Pinned,
-    Stale,
-    Held,
+    Pinned(String),
+    Stale(String),
+    Held(String),
     DeadLettered(String),
     Retry(String),
+}
+
+impl Outcome {
+    fn parts(&self) -> (&'static str, Option<String>, Option<String>) {
+        match self {
+            Outcome::Committed { commit } => ("committed", None, Some(commit.clone())),
+            Outcome::AlreadyCurrent => ("already_current", None, None),
+            Outcome::Pinned(d) => ("pinned", Some(d.clone()), None),
+            Outcome::Stale(d) => ("stale", Some(d.clone()), None),
+            Outcome::Held(d) => ("held", Some(d.clone()), None),
+            Outcome::DeadLettered(d) => ("dead_lettered", Some(d.clone()), None),
+            Outcome::Retry(d) => ("retry", Some(d.clone()), None),
+        }
+    }
+}
+
+fn record(recent: &Recent, msg: &Message, event: Option<&ImageBuilt>, outcome: &Outcome) {
+    let (name, detail, commit) = outcome.parts();
+    recent.record(OutcomeRecord {
+        sequence: sequence(msg),
+        subject: msg.subject.to_string(),
+        app: event.map(|e| e.app.clone()),
+        image: event.map(|e| e.image.reference()),
+        promotion_to: event.and_then(|e| e.deploy.as_ref()).map(|d| d.environment.clone()),
+        outcome: name,
+        detail,
+        commit,
+        at: time::OffsetDateTime::now_utc(),
+    });
 }
 
 impl Consumer {
@@ -84,7 +117,12 @@ impl Consumer {
             .await
             .map_err(|e| setup(e.to_string()))?;
         let messages = consumer.messages().await.map_err(|e| setup(e.to_string()))?;
-        Ok(Self { js, messages, opts })
+        Ok(Self { js, messages, opts, recent: Arc::default() })
+    }
+
+    /// The outcomes of the latest events (for `GET /outcomes`).
+    pub fn recent(&self) -> Arc<Recent> {
+        self.recent.clone()
     }
 
     /// The JetStream context (for publishing promotions).
@@ -124,13 +162,13 @@ impl Consumer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            handle_batch(&repo, &self.js, batch).await;
+            handle_batch(&repo, &self.js, &self.recent, batch).await;
         }
     }
 }
 
 /// Applies one batch and settles every message in it.
-pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Context, batch: Vec<Message>) -> Vec<Outcome> {
+pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Context, recent: &Recent, batch: Vec<Message>) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut valid: Vec<(Message, ImageBuilt)> = Vec::new();
     for msg in batch {
@@ -138,7 +176,9 @@ pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Conte
             Ok(event) => valid.push((msg, event)),
             Err(e) => {
                 tracing::error!(sequence = sequence(&msg), subject = %msg.subject, error = %e, "invalid event: dead-lettered, nothing written");
-                outcomes.push(dead_letter(js, &msg, &e.to_string()).await);
+                let outcome = dead_letter(js, &msg, &e.to_string()).await;
+                record(recent, &msg, None, &outcome);
+                outcomes.push(outcome);
             }
         }
     }
@@ -160,7 +200,9 @@ pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Conte
                 span.in_scope(|| tracing::info!(commit = %c, ?files, attempts, "manifest commit pushed"));
             }
             for ((msg, event), verdict) in valid.iter().zip(verdicts) {
-                outcomes.push(settle(js, msg, event, verdict, commit.as_deref()).await);
+                let outcome = settle(js, msg, event, verdict, commit.as_deref()).await;
+                record(recent, msg, Some(event), &outcome);
+                outcomes.push(outcome);
             }
         }
         Ok(Err(e)) => {
@@ -168,16 +210,20 @@ pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Conte
             span.in_scope(
                 || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying failed; handed back for redelivery"),
             );
-            for (msg, _) in &valid {
+            for (msg, event) in &valid {
                 ack(msg, AckKind::Nak(Some(delay))).await;
-                outcomes.push(Outcome::Retry(e.to_string()));
+                let outcome = Outcome::Retry(e.to_string());
+                record(recent, msg, Some(event), &outcome);
+                outcomes.push(outcome);
             }
         }
         Err(join) => {
             tracing::error!(error = %join, "apply task panicked; handed back for redelivery");
-            for (msg, _) in &valid {
+            for (msg, event) in &valid {
                 ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
-                outcomes.push(Outcome::Retry(join.to_string()));
+                let outcome = Outcome::Retry(join.to_string());
+                record(recent, msg, Some(event), &outcome);
+                outcomes.push(outcome);
             }
         }
     }
@@ -203,17 +249,17 @@ async fn settle(js: &jetstream::Context, msg: &Message, event: &ImageBuilt, verd
         Verdict::Pinned(locations) => {
             tracing::warn!(%image, ?locations, "references are pinned (conveyor:pin): not updated");
             ack(msg, AckKind::Ack).await;
-            Outcome::Pinned
+            Outcome::Pinned(locations.iter().map(|(p, l)| format!("{p}:{l}")).collect::<Vec<_>>().join(", "))
         }
         Verdict::Stale { deployed_build_started_at } => {
             tracing::warn!(%image, build_started_at = %event.build_started_at, %deployed_build_started_at, "a newer build is deployed: not rolling back");
             ack(msg, AckKind::Ack).await;
-            Outcome::Stale
+            Outcome::Stale(format!("a build started at {deployed_build_started_at} is deployed"))
         }
         Verdict::Held(why) => {
             tracing::info!(%image, ?why, "held in every environment: nothing deployed");
             ack(msg, AckKind::Ack).await;
-            Outcome::Held
+            Outcome::Held(why.join("; "))
         }
         Verdict::NoReference => {
             let reason = format!("no manifest references image repository {} (app {})", event.image.repository, event.app);

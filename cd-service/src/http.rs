@@ -1,12 +1,13 @@
 //! cd-service's HTTP surface: `POST /promote` (deploy an already built image to an environment,
-//! checked against the manifest repository's `conveyor.yaml`) and `GET /healthz`. Errors are JSON
+//! checked against the manifest repository's `conveyor.yaml`), `GET /outcomes` (what happened to
+//! the latest events, skips included) and `GET /healthz`. Errors are JSON
 //! `{ "error": <stable code>, "message": <text> }`.
 
 use std::sync::Arc;
 
 use async_nats::jetstream;
 use axum::{
-    extract::{rejection::JsonRejection, State},
+    extract::{rejection::JsonRejection, Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -19,16 +20,22 @@ use tokio::sync::Mutex;
 use crate::{
     gitops::ManifestRepo,
     manifest_config,
+    outcomes::Recent,
     promote::{self, PromoteError},
 };
 
 pub struct HttpState {
     pub js: jetstream::Context,
     pub repo: Arc<Mutex<ManifestRepo>>,
+    pub recent: Arc<Recent>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new().route("/promote", post(promote_handler)).route("/healthz", get(|| async { "ok" })).with_state(state)
+    Router::new()
+        .route("/promote", post(promote_handler))
+        .route("/outcomes", get(outcomes_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +46,16 @@ pub struct PromoteRequest {
     pub tag: String,
     #[serde(default)]
     pub requested_by: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutcomesQuery {
+    limit: Option<usize>,
+    outcome: Option<String>,
+}
+
+async fn outcomes_handler(State(state): State<Arc<HttpState>>, Query(q): Query<OutcomesQuery>) -> Response {
+    Json(state.recent.list(q.limit.unwrap_or(100).min(1000), q.outcome.as_deref())).into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

@@ -6,6 +6,7 @@ pub mod consume;
 pub mod gitops;
 pub mod http;
 pub mod manifest_config;
+pub mod outcomes;
 pub mod promote;
 pub mod rewrite;
 
@@ -64,7 +65,7 @@ impl Service {
 
     /// Applies events and serves HTTP until `shutdown`; the batch in progress is finished first.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let state = Arc::new(http::HttpState { js: self.consumer.jetstream(), repo: self.repo.clone() });
+        let state = Arc::new(http::HttpState { js: self.consumer.jetstream(), repo: self.repo.clone(), recent: self.consumer.recent() });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, http::router(state)).with_graceful_shutdown(async {
             let _ = http_stopped.await;

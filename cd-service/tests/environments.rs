@@ -140,7 +140,7 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
     copy_tree(Path::new(FIXTURE), &seed.path);
     seed.commit_all("web");
     seed.push();
-    let _cd = start(&nats, &bare).await;
+    let cd = start(&nats, &bare).await;
 
     nats.publish_event(&build("billing", "registry.example.test/team/billing", "v1", 1)).await;
     nats.publish_event(&build("web", "registry.example.test/team/other", "v1", 1)).await;
@@ -162,6 +162,28 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
     assert!(reasons[1].contains("is not app web's image"), "{reasons:?}");
     assert!(reasons[2].contains("overlays/stagin") && reasons[2].contains("does not exist"), "{reasons:?}");
     assert_eq!(bare.count("main"), 2, "nothing committed");
+
+    // The same is visible over HTTP, newest first.
+    let listed: Value = reqwest::get(format!("http://{}/outcomes?outcome=dead_lettered", cd.http)).await.unwrap().json().await.unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0]["app"], "web");
+    assert!(listed[0]["detail"].as_str().unwrap().contains("does not exist"));
+    assert_eq!(listed[2]["app"], "billing");
+
+    // A pin in conveyor.yaml holds staging; the skip and its reason are visible too.
+    let config = std::fs::read_to_string(Path::new(FIXTURE).join("conveyor.yaml")).unwrap();
+    seed.write("conveyor.yaml", &config.replacen("        policy: auto\n", "        policy: auto\n        pinned: \"INC-42 hold\"\n", 1));
+    seed.commit_all("pin web staging");
+    seed.push_rebasing(10);
+    applied(&nats, nats.publish_event(&build("web", REPO, "v6", 6)).await).await;
+    assert_eq!(tag_in(&bare, "staging"), "1.0.0", "pinned staging did not move");
+    let held: Value = reqwest::get(format!("http://{}/outcomes?outcome=held&limit=5", cd.http)).await.unwrap().json().await.unwrap();
+    let held = held.as_array().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["image"], "registry.example.test/team/web:v6");
+    let detail = held[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("staging: pinned in conveyor.yaml: INC-42 hold") && detail.contains("production: manual policy"), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
