@@ -254,6 +254,8 @@ impl ManifestRepo {
                     let rewrite = match rewrite::rewrite_scope(root, &placement.scope, &target) {
                         Ok(r) => r,
                         Err(e @ rewrite::RewriteError::Verify { .. }) => {
+                            // Logged here because another environment of the same event may still apply.
+                            tracing::error!(app = %event.app, env = %placement.env, reason = %e, "rewrite refused: left this environment unchanged");
                             refused = Some(e.to_string());
                             continue;
                         }

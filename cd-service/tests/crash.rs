@@ -1,13 +1,16 @@
 //! cd-service as a process under faults: SIGKILL at several points of a burst leaves every final
 //! tag right and no event committed twice; pushes by others during a burst are all kept.
 
+mod common;
+use common::image_built;
+
 use std::{
     path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
+use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
 use conveyor_testkit::{BareRepo, ChildGuard, TestNats, WorkClone};
 
 const APPS: usize = 10;
@@ -21,29 +24,16 @@ fn manifest(app: usize, tag: &str) -> String {
 }
 
 fn event(app: usize, round: usize, t0: time::OffsetDateTime) -> ImageBuilt {
-    ImageBuilt {
-        version: EVENT_VERSION,
-        event_id: format!("evt-app{app}-r{round}"),
-        app: format!("app{app}"),
-        image: ImageRef { repository: repository(app), tag: format!("r{round}"), digest: format!("sha256:{}", "cd".repeat(32)) },
-        source: SourceRef { repo_url: "/src.git".into(), commit: "b".repeat(40), branch: "main".into() },
-        build_id: format!("b-{app}-{round}"),
-        build_started_at: t0 + time::Duration::seconds(round as i64),
-        built_at: t0 + time::Duration::seconds(round as i64),
-        traceparent: None,
-        deploy: None,
-    }
+    image_built(&format!("app{app}"), &repository(app), &format!("r{round}"), t0 + time::Duration::seconds(round as i64))
 }
 
 fn seeded_repo(dir: &Path) -> BareRepo {
-    let bare = BareRepo::create(dir.join("manifests.git"));
-    let seed = WorkClone::init(dir.join("seed"), &bare);
+    let fixture = dir.join("fixture");
     for app in 0..APPS {
-        seed.write(&format!("apps/app{app}/deployment.yaml"), &manifest(app, "0"));
+        std::fs::create_dir_all(fixture.join(format!("apps/app{app}"))).unwrap();
+        std::fs::write(fixture.join(format!("apps/app{app}/deployment.yaml")), manifest(app, "0")).unwrap();
     }
-    seed.commit_all("apps");
-    seed.push();
-    bare
+    common::seeded_repo(dir, &fixture)
 }
 
 /// Publishes `rounds` builds of every app; returns the last stream sequence.

@@ -2,52 +2,24 @@
 //! environment moves by promotion (HTTP or CLI), through the same queue, recorded in the commit;
 //! events the configuration does not know are dead-lettered.
 
-use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
+mod common;
+use common::{applied, image_built, start_cd, RunningCd};
 
-use cd_service::{Config, Service};
-use conveyor_proto::{headers, ImageBuilt, ImageRef, SourceRef, DEADLETTER_STREAM, EVENTS_STREAM, EVENT_VERSION};
+use std::{path::Path, process::Command};
+
+use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
 use conveyor_testkit::{copy_tree, BareRepo, TestNats, WorkClone};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
 
 const REPO: &str = "registry.example.test/team/web";
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/environments");
 
 fn build(app: &str, repository: &str, tag: &str, minute: i64) -> ImageBuilt {
-    let t = time::macros::datetime!(2026-11-23 10:00 UTC) + time::Duration::minutes(minute);
-    ImageBuilt {
-        version: EVENT_VERSION,
-        event_id: format!("evt-{app}-{tag}"),
-        app: app.into(),
-        image: ImageRef { repository: repository.into(), tag: tag.into(), digest: format!("sha256:{}", "ef".repeat(32)) },
-        source: SourceRef { repo_url: "/src/web.git".into(), commit: "d".repeat(40), branch: "main".into() },
-        build_id: format!("b-{tag}"),
-        build_started_at: t,
-        built_at: t,
-        traceparent: None,
-        deploy: None,
-    }
+    image_built(app, repository, tag, time::macros::datetime!(2026-11-23 10:00 UTC) + time::Duration::minutes(minute))
 }
 
-struct Cd {
-    http: SocketAddr,
-    _stop: oneshot::Sender<()>,
-    _workdir: tempfile::TempDir,
-}
-
-async fn start(nats: &TestNats, bare: &BareRepo) -> Cd {
-    let workdir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::for_repo(&bare.url());
-    cfg.nats_url = nats.url.clone();
-    cfg.workdir = workdir.path().to_path_buf();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let service = Service::start(&cfg).await.expect("cd-service starts");
-    let http = service.http_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(service.run(async move {
-        let _ = stopped.await;
-    }));
-    Cd { http, _stop: stop, _workdir: workdir }
+async fn start(nats: &TestNats, bare: &BareRepo) -> RunningCd {
+    start_cd(nats, &bare.url()).await
 }
 
 fn tag_in(bare: &BareRepo, env: &str) -> String {
@@ -55,11 +27,7 @@ fn tag_in(bare: &BareRepo, env: &str) -> String {
     k.lines().find_map(|l| l.trim().strip_prefix("newTag: ")).unwrap().trim_matches('"').to_string()
 }
 
-async fn applied(nats: &TestNats, seq: u64) {
-    nats.wait_consumer_done(EVENTS_STREAM, "cd-service", seq, Duration::from_secs(30)).await;
-}
-
-async fn post_promote(cd: &Cd, body: Value) -> (u16, Value) {
+async fn post_promote(cd: &RunningCd, body: Value) -> (u16, Value) {
     let resp = reqwest::Client::new().post(format!("http://{}/promote", cd.http)).json(&body).send().await.unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
 }

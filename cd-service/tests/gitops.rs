@@ -3,67 +3,27 @@
 //! tag; re-applied events, invalid events and events nobody references commit nothing and do
 //! not stop the consumer; a concurrent outside push is kept; ssh failures name their cause.
 
-use std::{path::Path, time::Duration};
+mod common;
+use common::{applied, image_built, seeded_repo, start_cd, try_start_cd, RunningCd};
+
+use std::path::Path;
 
 use cd_service::{
     gitops::{GitOpsError, ManifestRepo},
-    Config, Service,
+    Config,
 };
-use conveyor_proto::{headers, ImageBuilt, ImageRef, SourceRef, DEADLETTER_STREAM, EVENTS_STREAM, EVENT_VERSION};
+use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
 use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestSshd, WorkClone};
-use tokio::sync::oneshot;
 
 const REPO: &str = "registry.example.test/team/web";
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests");
-const WAIT: Duration = Duration::from_secs(30);
 
 fn event(app: &str, repository: &str, tag: &str) -> ImageBuilt {
-    let digest_hex: String = tag.bytes().map(|b| format!("{:02x}", b)).collect::<String>().chars().cycle().take(64).collect();
-    ImageBuilt {
-        version: EVENT_VERSION,
-        event_id: format!("evt-{app}-{tag}"),
-        app: app.into(),
-        image: ImageRef { repository: repository.into(), tag: tag.into(), digest: format!("sha256:{digest_hex}") },
-        source: SourceRef { repo_url: "/srv/git/web.git".into(), commit: "c0ffee".repeat(7)[..40].to_string(), branch: "main".into() },
-        build_id: format!("build-{tag}"),
-        build_started_at: time::OffsetDateTime::now_utc(),
-        built_at: time::OffsetDateTime::now_utc(),
-        traceparent: None,
-        deploy: None,
-    }
+    image_built(app, repository, tag, time::OffsetDateTime::now_utc())
 }
 
-/// A bare manifest repo seeded with the fixture tree.
 fn manifest_repo(dir: &Path) -> BareRepo {
-    let bare = BareRepo::create(dir.join("manifests.git"));
-    let work = WorkClone::init(dir.join("seed"), &bare);
-    copy_tree(Path::new(FIXTURE), &work.path);
-    work.commit_all("initial manifests");
-    work.push();
-    bare
-}
-
-struct Cd {
-    _stop: oneshot::Sender<()>,
-    _workdir: tempfile::TempDir,
-}
-
-async fn start_cd(nats: &TestNats, url: &str) -> Cd {
-    let workdir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::for_repo(url);
-    cfg.nats_url = nats.url.clone();
-    cfg.workdir = workdir.path().to_path_buf();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let service = Service::start(&cfg).await.expect("cd-service starts");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(service.run(async move {
-        let _ = stopped.await;
-    }));
-    Cd { _stop: stop, _workdir: workdir }
-}
-
-async fn applied(nats: &TestNats, seq: u64) {
-    nats.wait_consumer_done(EVENTS_STREAM, "cd-service", seq, WAIT).await;
+    seeded_repo(dir, Path::new(FIXTURE))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -260,20 +220,13 @@ fn ssh_repo_config(url: &str, key: &Path, known_hosts: &Path, workdir: &Path) ->
     cfg.repo_config()
 }
 
-async fn start_cd_ssh(nats: &TestNats, sshd: &TestSshd, bare: &BareRepo) -> Cd {
-    let workdir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::for_repo(&sshd.url_for(&bare.path));
-    cfg.nats_url = nats.url.clone();
-    cfg.workdir = workdir.path().to_path_buf();
-    cfg.ssh_key = Some(sshd.deploy_key());
-    cfg.known_hosts = Some(sshd.known_hosts());
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    let service = Service::start(&cfg).await.unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(service.run(async move {
-        let _ = stopped.await;
-    }));
-    Cd { _stop: stop, _workdir: workdir }
+async fn start_cd_ssh(nats: &TestNats, sshd: &TestSshd, bare: &BareRepo) -> RunningCd {
+    try_start_cd(nats, &sshd.url_for(&bare.path), |cfg| {
+        cfg.ssh_key = Some(sshd.deploy_key());
+        cfg.known_hosts = Some(sshd.known_hosts());
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,32 +1,20 @@
 //! Manifest repository over HTTPS with a token, against a real TLS git server (`git
 //! http-backend`). Its own test binary: the CA file is a process-wide libgit2 setting.
 
+mod common;
+use common::image_built;
+
 use std::path::Path;
 
 use cd_service::{
     gitops::{GitOpsError, ManifestRepo, Secret, Verdict},
     Config,
 };
-use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENT_VERSION};
+use conveyor_proto::ImageBuilt;
 use conveyor_testkit::{BareRepo, TestGitHttps, WorkClone};
 
 fn event() -> ImageBuilt {
-    ImageBuilt {
-        version: EVENT_VERSION,
-        event_id: "evt-https".into(),
-        app: "web".into(),
-        image: ImageRef {
-            repository: "registry.example.test/team/web".into(),
-            tag: "over-https".into(),
-            digest: format!("sha256:{}", "12".repeat(32)),
-        },
-        source: SourceRef { repo_url: "/src.git".into(), commit: "e".repeat(40), branch: "main".into() },
-        build_id: "b-https".into(),
-        build_started_at: time::OffsetDateTime::now_utc(),
-        built_at: time::OffsetDateTime::now_utc(),
-        traceparent: None,
-        deploy: None,
-    }
+    image_built("web", "registry.example.test/team/web", "over-https", time::OffsetDateTime::now_utc())
 }
 
 fn repo_config(url: &str, token: Option<&str>, workdir: &Path) -> cd_service::gitops::RepoConfig {
