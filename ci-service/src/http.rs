@@ -1,23 +1,32 @@
-//! The HTTP surface: the push endpoint (`POST /hooks/push`) and the build API
-//! (`GET /builds`, `GET /builds/{id}`, `GET /builds/{id}/logs`, `GET /healthz`).
+//! The HTTP surface: webhook intake (`POST /hooks/push`, every format; it verifies, queues and
+//! answers 202 at once, it never builds) and the build API (`GET/POST /builds`,
+//! `GET /builds/{id}`, `GET /builds/{id}/logs` as text or Server-Sent Events,
+//! `POST /builds/{id}/cancel`, `POST /builds/{id}/retry`, `GET /healthz`).
 //! Errors are JSON `{ "error": <stable code>, "message": <text> }`; no input makes it panic.
 
-use std::sync::Arc;
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
-    extract::{rejection::JsonRejection, DefaultBodyLimit, Path, Query, State},
-    http::{header, StatusCode},
-    response::{IntoResponse, Response},
+    body::Bytes,
+    extract::{rejection::BytesRejection, DefaultBodyLimit, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
     routing::{get, post},
     Json, Router,
 };
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc::error::TrySendError;
+use time::OffsetDateTime;
 
 use crate::{
-    build::BuildJob,
-    webhook::generic::{GenericPush, Intake},
+    logs::LogItem,
+    queue::{Control, Queue},
+    records::{BuildRecord, BuildState},
+    webhook::{self, generic::GenericPush, Intake, IntakeError, PushRequest, RefKind, Source},
     AppState,
 };
 
@@ -26,10 +35,12 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/hooks/push", post(push))
-        .route("/builds", get(list_builds))
+        .route("/hooks/push", post(hook))
+        .route("/builds", get(list_builds).post(manual_build))
         .route("/builds/{id}", get(get_build))
         .route("/builds/{id}/logs", get(build_logs))
+        .route("/builds/{id}/cancel", post(cancel_build))
+        .route("/builds/{id}/retry", post(retry_build))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -55,42 +66,81 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let (status, code) = match &r {
-            JsonRejection::MissingJsonContentType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            JsonRejection::JsonDataError(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"),
-            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => (r.status(), "body_too_large"),
-            _ => (r.status(), "bad_request"),
+impl From<IntakeError> for ApiError {
+    fn from(e: IntakeError) -> Self {
+        let (status, code) = match &e {
+            IntakeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            IntakeError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            IntakeError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
+            IntakeError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"),
         };
-        ApiError::new(status, code, r.body_text())
+        ApiError::new(status, code, e.to_string())
     }
 }
 
-async fn push(State(state): State<Arc<AppState>>, body: Result<Json<GenericPush>, JsonRejection>) -> Result<Response, ApiError> {
-    let Json(body) = body?;
-    let intake = body.into_intake().map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_push", e.to_string()))?;
-    let push = match intake {
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(r.status(), "body_too_large", format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::new(r.status(), "bad_request", r.body_text())
+        }
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", format!("{e}; retry later"))
+}
+
+async fn hook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body?;
+    let push = match webhook::intake(&headers, &body, &state.secrets)? {
+        Intake::Pong => return Ok((StatusCode::OK, Json(json!({ "pong": true }))).into_response()),
         Intake::Ignore(reason) => return Ok((StatusCode::OK, Json(json!({ "ignored": reason }))).into_response()),
         Intake::Build(push) => push,
     };
-    let id = state.builds.create(&push);
-    tracing::info!(build.id = %id, app = %push.app, commit = %push.commit, branch = %push.branch, "push accepted");
-    match state.queue.try_send(BuildJob { id: id.clone(), push }) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            state.builds.finish(&id, Err("refused: the build queue is full".into()));
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", "the build queue is full; retry later"));
-        }
-        Err(TrySendError::Closed(_)) => {
-            state.builds.finish(&id, Err("refused: the service is shutting down".into()));
-            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the service is shutting down"));
-        }
+    let msg_id = Queue::push_msg_id(&push);
+    enqueue(&state, push, &msg_id).await
+}
+
+/// Queues a build and answers 202 with its number (200 with the first one's for a duplicate).
+async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str) -> Result<Response, ApiError> {
+    let queued_at = OffsetDateTime::now_utc();
+    let queued = state.queue.enqueue_build(&push, queued_at, msg_id).await.map_err(unavailable)?;
+    let location = format!("/builds/{}", queued.id);
+    if queued.duplicate {
+        tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, "push already queued (duplicate)");
+        let body = json!({ "build_id": queued.id, "duplicate": true, "status_url": location });
+        return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(body)).into_response());
     }
-    let location = format!("/builds/{id}");
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(json!({ "build_id": id, "status_url": location })))
-        .into_response())
+    let record = BuildRecord::queued(queued.id, &push, queued_at);
+    let supersede = async {
+        if push.ref_kind == RefKind::Branch {
+            let notice = Control::Superseded { repo_url: push.repo_url.clone(), git_ref: push.git_ref.clone(), by: queued.id };
+            if let Err(e) = state.queue.control(&notice).await {
+                tracing::warn!(error = %e, "could not announce the newer build");
+            }
+        }
+    };
+    let (created, ()) = tokio::join!(state.records.create(&record), supersede);
+    if let Err(e) = created {
+        tracing::warn!(build.id = queued.id, error = %e, "could not store the queued record (the worker will)");
+    }
+    tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, git_ref = %push.git_ref, "push queued");
+    let body = json!({ "build_id": queued.id, "status_url": location });
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+/// `POST /builds` `{repo_url, ref, commit, app?}`: a manual build, always a new one.
+async fn manual_build(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body?;
+    let push: GenericPush = webhook::parse_json(&body).map_err(ApiError::from)?;
+    let push = match push.into_intake(Source::Manual)? {
+        Intake::Build(push) => push,
+        Intake::Ignore(reason) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_build", reason)),
+        Intake::Pong => unreachable!("a generic push is never a ping"),
+    };
+    enqueue(&state, push, &format!("manual-{}", uuid::Uuid::now_v7())).await
 }
 
 #[derive(Deserialize)]
@@ -98,20 +148,121 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_builds(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> impl IntoResponse {
-    Json(state.builds.list(q.limit.unwrap_or(50).min(1000)))
+async fn list_builds(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let records = state.records.list(q.limit.unwrap_or(50).min(1000)).await.map_err(unavailable)?;
+    Ok(Json(records).into_response())
 }
 
 fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "build_not_found", format!("no build with id {id:?}"))
 }
 
-async fn get_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    state.builds.get(&id).map(Json).ok_or_else(|| not_found(&id))
+async fn record(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
+    let n: u64 = id.parse().map_err(|_| not_found(id))?;
+    state.records.get(n).await.map_err(unavailable)?.ok_or_else(|| not_found(id))
 }
 
-async fn build_logs(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    let mut lines = state.builds.logs(&id).ok_or_else(|| not_found(&id))?;
-    lines.push(String::new());
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], lines.join("\n")))
+async fn get_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(record(&state, &id).await?).into_response())
+}
+
+/// The log as text, or with `Accept: text/event-stream` as Server-Sent Events that follow the
+/// build until it ends (`event: end`, data: the end state).
+async fn build_logs(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let rec = record(&state, &id).await?;
+    let sse = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+    if !sse {
+        let text = state.logs.read(rec.id).await.map_err(unavailable)?;
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    let items = state.logs.follow(rec.id).await.map_err(unavailable)?;
+    Ok(Sse::new(sse_events(state.clone(), rec.id, items)).keep_alive(KeepAlive::default()).into_response())
+}
+
+fn sse_events(
+    state: Arc<AppState>,
+    id: u64,
+    items: impl Stream<Item = Result<LogItem, crate::logs::LogError>> + Send + 'static,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let items = Box::pin(items);
+    futures::stream::unfold((items, state, false), move |(mut items, state, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), items.next()).await {
+                Ok(Some(Ok(LogItem::Lines(text)))) => {
+                    let data = text.trim_end_matches('\n').replace('\r', "");
+                    return Some((Ok(Event::default().event("log").data(data)), (items, state, false)));
+                }
+                Ok(Some(Ok(LogItem::End(end)))) => {
+                    // A retry may continue the log after an end marker: end only when the record did.
+                    if build_ended(&state, id).await {
+                        return Some((Ok(Event::default().event("end").data(end)), (items, state, true)));
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return Some((Ok(Event::default().event("error").data(e.to_string())), (items, state, true)));
+                }
+                Ok(None) => return None,
+                // Quiet: a build whose worker died may never write its end marker.
+                Err(_) if build_ended(&state, id).await => {
+                    let end =
+                        state.records.get(id).await.ok().flatten().map(|r| format!("{:?}", r.state).to_lowercase()).unwrap_or_default();
+                    return Some((Ok(Event::default().event("end").data(end)), (items, state, true)));
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+async fn build_ended(state: &AppState, id: u64) -> bool {
+    matches!(state.records.get(id).await, Ok(Some(r)) if r.state.is_finished())
+}
+
+async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut rec = record(&state, &id).await?;
+    if rec.state.is_finished() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "already_finished", format!("build {id} already ended ({:?})", rec.state)));
+    }
+    if rec.push_started() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "push_started",
+            format!("build {id} is pushing its image and can no longer be cancelled"),
+        ));
+    }
+    let reason = "cancelled by request".to_string();
+    if rec.state == BuildState::Queued {
+        rec.finish(BuildState::Cancelled, Some(reason.clone()));
+        state.records.put(&rec).await.map_err(unavailable)?;
+    }
+    // Wherever it runs, its replica stops it (a queued one is skipped when picked up).
+    state.queue.control(&Control::Cancel { build: rec.id, reason }).await.map_err(unavailable)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "build_id": rec.id, "cancelling": true }))).into_response())
+}
+
+async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let mut rec = record(&state, &id).await?;
+    let retryable = rec.state == BuildState::Failed && matches!(rec.failed_step(), Some("push" | "publish")) && rec.repository.is_some();
+    if !retryable {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!(
+                "build {id} did not fail at push or publish (state {:?}, failed step {:?}); start a new build with POST /builds",
+                rec.state,
+                rec.failed_step()
+            ),
+        ));
+    }
+    rec.state = BuildState::Queued;
+    rec.reason = None;
+    rec.finished_at = None;
+    state.records.put(&rec).await.map_err(unavailable)?;
+    state.queue.enqueue_retry(rec.id, rec.attempts).await.map_err(unavailable)?;
+    let location = format!("/builds/{}", rec.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(json!({ "build_id": rec.id, "status_url": location })))
+        .into_response())
 }

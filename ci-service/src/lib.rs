@@ -1,31 +1,49 @@
-//! ci-service as a library: configuration, state and the HTTP app, so that `main.rs`, tests and
-//! the demo start exactly the same service.
+//! ci-service as a library: configuration, state and the running service (HTTP intake and API,
+//! queue workers, control notices), so that `main.rs`, tests and the demo start the same thing.
 
 pub mod build;
-pub mod builds;
 pub mod config;
 pub mod http;
+pub mod logs;
+pub mod pipeline;
 pub mod publish;
+pub mod queue;
+pub mod records;
+pub mod secrets;
 pub mod webhook;
+pub mod worker;
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
-use bollard::Docker;
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, Semaphore},
-};
+use async_nats::jetstream::consumer::PullConsumer;
+use bollard::{auth::DockerCredentials, Docker};
+use tokio::net::TcpListener;
 
 pub use config::Config;
-use {build::BuildJob, builds::BuildStore, publish::Publisher};
+use {
+    build::Running,
+    logs::Logs,
+    publish::Publisher,
+    queue::Queue,
+    records::Records,
+    secrets::{Masker, Secret, WebhookSecrets},
+};
 
 /// Shared state of the running service.
 pub struct AppState {
     pub config: Config,
-    pub builds: BuildStore,
+    /// This replica's name in records and logs.
+    pub replica: String,
+    pub secrets: WebhookSecrets,
+    /// Blanks every secret value out of logs and failure reasons.
+    pub masker: Masker,
+    pub registry_auth: Option<DockerCredentials>,
     pub docker: Docker,
     pub publisher: Publisher,
-    pub queue: mpsc::Sender<BuildJob>,
+    pub queue: Queue,
+    pub records: Records,
+    pub logs: Logs,
+    pub running: Running,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +52,21 @@ pub enum StartError {
     Docker(#[from] bollard::errors::Error),
     #[error(transparent)]
     Nats(#[from] publish::PublishError),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    #[error(transparent)]
+    Records(#[from] records::RecordError),
+    #[error(transparent)]
+    Logs(#[from] logs::LogError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    #[error(
+        "no webhook secret is configured: set --webhook-secret / CONVEYOR_WEBHOOK_SECRET or --webhook-secrets-file, \
+         or accept unsigned webhooks explicitly with --allow-unsigned-webhooks"
+    )]
+    NoWebhookSecret,
+    #[error("cannot read the registry password file {path}: {source}")]
+    PasswordFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot prepare the work directory {path}: {source}")]
     Workdir { path: std::path::PathBuf, source: std::io::Error },
 }
@@ -41,44 +74,91 @@ pub enum StartError {
 /// A connected service, ready to serve.
 pub struct App {
     pub state: Arc<AppState>,
-    jobs: mpsc::Receiver<BuildJob>,
+    consumer: Option<PullConsumer>,
+    control: async_nats::Subscriber,
 }
 
 impl App {
-    /// Connects to the Docker Engine and NATS (creating the event stream if needed).
+    /// Checks the secrets, connects to the Docker Engine and NATS, and opens (creating them
+    /// if needed) the event stream, the build queue, the records bucket and the log stream.
     pub async fn connect(config: Config) -> Result<Self, StartError> {
         std::fs::create_dir_all(config.workdir.join("builds"))
             .map_err(|source| StartError::Workdir { path: config.workdir.clone(), source })?;
+        let file = config.webhook_secrets_file.as_deref().map(WebhookSecrets::load_file).transpose()?;
+        let secrets = WebhookSecrets::new(config.webhook_secrets.clone(), file, config.allow_unsigned_webhooks)?;
+        if secrets.is_empty() && !config.allow_unsigned_webhooks {
+            return Err(StartError::NoWebhookSecret);
+        }
+        if config.allow_unsigned_webhooks {
+            tracing::warn!("unsigned webhooks are accepted for repositories without a secret (--allow-unsigned-webhooks)");
+        }
+        let password = match (&config.registry_password, &config.registry_password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| StartError::PasswordFile { path: path.clone(), source })?;
+                Some(Secret::new(text.trim_end_matches(['\r', '\n'])))
+            }
+            (None, None) => None,
+        };
+        let masker = Masker::new(secrets.all().chain(password.iter()));
+        let registry_auth = config.registry_username.as_ref().map(|username| DockerCredentials {
+            username: Some(username.clone()),
+            password: password.as_ref().map(|p| p.expose().to_string()),
+            serveraddress: Some(config.registry.split('/').next().unwrap_or(&config.registry).to_string()),
+            ..Default::default()
+        });
+
         let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
         docker.ping().await?;
-        let publisher = Publisher::connect(&config.nats_url, config.stream_max_messages).await?;
-        let (queue, jobs) = mpsc::channel(config.queue_capacity.max(1));
-        let state = Arc::new(AppState { config, builds: BuildStore::default(), docker, publisher, queue });
-        Ok(Self { state, jobs })
+        let (js, _events) =
+            conveyor_proto::stream::open_events_stream(&config.nats_url, "conveyor-ci-service", config.stream_max_messages).await?;
+        let queue = Queue::open(
+            &js,
+            Duration::from_secs(config.dedup_window_secs.max(1)),
+            Duration::from_secs(config.ack_wait_secs.max(3)),
+            config.max_deliver,
+        )
+        .await?;
+        let records = Records::open(&js, config.records_max_age()).await?;
+        let logs = Logs::open(&js, config.records_max_age(), config.logs_max_bytes).await?;
+        let consumer = if config.workers > 0 { Some(queue.consumer().await?) } else { None };
+        let control = queue.subscribe_control().await?;
+        let replica = config.replica.clone().unwrap_or_else(default_replica_name);
+        let state = Arc::new(AppState {
+            config,
+            replica,
+            secrets,
+            masker,
+            registry_auth,
+            docker,
+            publisher: Publisher::new(js),
+            queue,
+            records,
+            logs,
+            running: Running::default(),
+        });
+        Ok(Self { state, consumer, control })
     }
 
     /// Serves HTTP on `listener` and runs builds (up to `workers` at once) until `shutdown`
-    /// resolves; then stops accepting pushes and waits for running builds to finish.
+    /// resolves; then stops taking pushes and jobs and waits for running builds to finish.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let App { state, mut jobs } = self;
-        let workers = Arc::new(Semaphore::new(state.config.workers as usize));
-        let dispatcher_state = state.clone();
-        let dispatcher_workers = workers.clone();
-        let dispatcher = tokio::spawn(async move {
-            while let Some(job) = jobs.recv().await {
-                let permit = dispatcher_workers.clone().acquire_owned().await.expect("the worker semaphore is never closed");
-                let state = dispatcher_state.clone();
-                tokio::spawn(async move {
-                    build::run(state, job).await;
-                    drop(permit);
-                });
-            }
-        });
-        tracing::info!(addr = %listener.local_addr()?, "ci-service listening");
+        let App { state, consumer, control } = self;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers = consumer.map(|c| tokio::spawn(worker::run(state.clone(), c, stopped.clone())));
+        let notices = tokio::spawn(worker::control(state.clone(), control));
+        tracing::info!(addr = %listener.local_addr()?, replica = %state.replica, workers = state.config.workers, "ci-service listening");
         let result = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown).await;
-        dispatcher.abort();
-        // Running builds hold a permit each: taking them all means every build has finished.
-        let _all = workers.acquire_many(state.config.workers as u32).await;
+        let _ = stop.send(true);
+        if let Some(w) = workers {
+            let _ = w.await;
+        }
+        notices.abort();
         result
     }
+}
+
+fn default_replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "ci".into());
+    format!("{host}-{}", std::process::id())
 }

@@ -2,10 +2,7 @@
 //! de-duplication, and success only once the stream acknowledged the write.
 
 use async_nats::jetstream;
-use conveyor_proto::{
-    stream::{open_events_stream, publish_event},
-    ImageBuilt,
-};
+use conveyor_proto::{stream::publish_event, ImageBuilt};
 
 pub use conveyor_proto::stream::StreamError as PublishError;
 
@@ -14,10 +11,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connects and makes sure the event stream exists.
-    pub async fn connect(url: &str, stream_max_messages: i64) -> Result<Self, PublishError> {
-        let (js, _stream) = open_events_stream(url, "conveyor-ci-service", stream_max_messages).await?;
-        Ok(Self { js })
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js }
     }
 
     /// Publishes the event and waits for the stream's ack; returns the stream sequence.

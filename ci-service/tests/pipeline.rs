@@ -1,207 +1,163 @@
 //! ci-service against the real Docker Engine, registry and NATS: a push is checked out, built,
-//! tested in the image, pushed and published; a red test publishes nothing; bad requests get
-//! JSON 4xx answers and the service keeps running.
+//! tested in the image, smoke-tested as a running service, pushed and published; a red test or
+//! a red smoke test publishes nothing; `.conveyor.yml` sets the pipeline and a broken one is the
+//! build's failure reason; tag pushes build a tag-named image; `[skip ci]` and branch filters skip.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+mod common;
 
-use ci_service::{App, Config};
+use std::process::Command;
+
+use common::{app_repo, steps, Ci};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
-use conveyor_testkit::{copy_tree, docker::BUSYBOX_IMAGE, BareRepo, TestDocker, TestNats, TestRegistry, WorkClone};
-use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use conveyor_testkit::{docker::BUSYBOX_IMAGE, TestDocker, TestNats, TestRegistry};
 
-struct Ci {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-    _workdir: tempfile::TempDir,
+/// A `.conveyor.yml` whose smoke test serves `www/` with busybox httpd and checks it.
+fn smoke_pipeline(expect: &str) -> String {
+    format!(
+        "test: sh /app/run-tests.sh\nsmoke:\n  command: busybox httpd -f -p $PORT -h /app/www\n  health: /healthz\n  checks:\n    - {{ path: /index.html, contains: \"{expect}\" }}\n"
+    )
 }
 
-impl Ci {
-    async fn start(nats: &TestNats, registry: &TestRegistry, test_command: &str) -> Ci {
-        let workdir = tempfile::tempdir().unwrap();
-        let mut cfg = Config::defaults();
-        cfg.nats_url = nats.url.clone();
-        cfg.registry = registry.addr.clone();
-        cfg.workdir = workdir.path().to_path_buf();
-        cfg.test_command = test_command.to_string();
-        cfg.build_timeout_secs = 120;
-        cfg.test_timeout_secs = 60;
-        let app = App::connect(cfg).await.expect("ci-service starts");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(app.serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        Ci { addr, _stop: stop, _workdir: workdir }
-    }
+const WWW: [(&str, &str); 2] = [("www/index.html", "busybox-app version 1\n"), ("www/healthz", "ok\n")];
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn push(&self, body: Value) -> (u16, Value) {
-        let resp = reqwest::Client::new().post(self.url("/hooks/push")).json(&body).send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn wait_finished(&self, id: &str) -> Value {
-        let url = self.url(&format!("/builds/{id}"));
-        let mut last = Value::Null;
-        for _ in 0..1200 {
-            last = reqwest::get(&url).await.unwrap().json().await.unwrap();
-            if matches!(last["state"].as_str(), Some("succeeded" | "failed")) {
-                return last;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("build {id} did not finish: {last}");
-    }
-
-    async fn logs(&self, id: &str) -> String {
-        reqwest::get(self.url(&format!("/builds/{id}/logs"))).await.unwrap().text().await.unwrap()
-    }
+fn label(image: &str, key: &str) -> String {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", &format!("{{{{index .Config.Labels \"{key}\"}}}}"), image])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
-
-/// A bare app repo with the busybox fixture app committed on main; returns (bare, commit).
-fn app_repo(dir: &Path, extra: &[(&str, &str)]) -> (BareRepo, String) {
-    let bare = BareRepo::create(dir.join("busybox-app.git"));
-    let work = WorkClone::init(dir.join("work"), &bare);
-    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/busybox-app"), &work.path);
-    work.write("secret.txt", "do not ship");
-    work.write("build.log", "noise");
-    for (path, content) in extra {
-        work.write(path, content);
-    }
-    let commit = work.commit_all("app");
-    work.push();
-    (bare, commit)
-}
-
-const GREEN: &str = "sh /app/run-tests.sh";
 
 #[tokio::test(flavor = "multi_thread")]
-async fn green_build_is_pushed_and_published_with_the_registry_digest() {
+async fn green_build_is_smoke_tested_pushed_and_published_with_the_registry_digest() {
     TestDocker::ensure(&[BUSYBOX_IMAGE]);
     let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
-    let ci = Ci::start(&nats, &registry, GREEN).await;
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let (bare, commit) = app_repo(dir.path(), &[]);
+    let pipeline = smoke_pipeline("version 1");
+    let (bare, _work, commit) = app_repo(dir.path(), &[WWW[0], WWW[1], (".conveyor.yml", &pipeline)]);
 
-    let (status, body) = ci.push(json!({ "repo_url": bare.url(), "ref": "refs/heads/main", "commit": commit })).await;
-    assert_eq!(status, 202, "{body}");
-    let id = body["build_id"].as_str().unwrap().to_string();
-    let build = ci.wait_finished(&id).await;
-    let logs = ci.logs(&id).await;
+    let id = ci.push_commit(&bare, "refs/heads/main", &commit).await;
+    let build = ci.wait_finished(id).await;
+    let logs = ci.logs(id).await;
     assert_eq!(build["state"], "succeeded", "{build}\n{logs}");
     assert!(logs.contains("tests-passed version=1"), "test output is in the build log:\n{logs}");
-    let steps: Vec<&str> = build["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["checkout", "build", "test", "push", "publish"]);
+    assert!(logs.contains("[conveyor] smoke: started"), "{logs}");
+    assert_eq!(steps(&build), ["checkout", "build", "test", "smoke", "push", "publish"]);
+    assert!(build["steps"].as_array().unwrap().iter().all(|s| s["state"] == "succeeded" && s["duration_ms"].is_u64()));
 
     // The registry really has the image, under the digest the build recorded.
     let tag = &commit[..12];
     let served = registry.manifest_digest("busybox-app", tag).await.expect("image is in the registry");
     assert_eq!(build["digest"].as_str(), Some(served.as_str()));
-    assert_eq!(build["image"].as_str().unwrap(), format!("{}/busybox-app:{tag}", registry.addr));
+    assert_eq!(build["repository"].as_str().unwrap(), format!("{}/busybox-app", registry.addr));
+    let image = format!("{}/busybox-app:{tag}", registry.addr);
+    assert_eq!(label(&image, "org.opencontainers.image.revision"), commit);
+    assert_eq!(label(&image, "org.opencontainers.image.source"), bare.url());
+    assert!(label(&image, "org.opencontainers.image.created").starts_with("20"));
 
     // Exactly one event, valid, naming that image, commit and digest.
     let msgs = nats.stream_messages(EVENTS_STREAM).await;
     assert_eq!(msgs.len(), 1);
     let event = ImageBuilt::from_json(&msgs[0].1).expect("a valid event");
-    assert_eq!(event.app, "busybox-app");
-    assert_eq!(event.image.repository, format!("{}/busybox-app", registry.addr));
-    assert_eq!(event.image.tag, tag);
-    assert_eq!(event.image.digest, served);
-    assert_eq!(event.source.commit, commit);
-    assert_eq!(event.source.branch, "main");
-    assert_eq!(event.build_id, id);
+    assert_eq!((event.app.as_str(), event.image.tag.as_str(), event.image.digest.as_str()), ("busybox-app", tag, served.as_str()));
+    assert_eq!((event.source.commit.as_str(), event.source.branch.as_str()), (commit.as_str(), "main"));
+    assert_eq!(event.build_id, id.to_string());
     assert_eq!(build["event_sequence"].as_u64(), Some(msgs[0].0));
-    assert!(TestDocker::containers_of_build(&id).is_empty(), "the test container was removed");
+    assert!(TestDocker::containers_labelled("io.conveyor.replica", &ci.replica).is_empty(), "test and smoke containers removed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn failing_tests_fail_the_build_and_publish_nothing() {
+async fn failing_tests_or_smoke_checks_fail_the_build_and_publish_nothing() {
     TestDocker::ensure(&[BUSYBOX_IMAGE]);
     let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
-    let ci = Ci::start(&nats, &registry, "echo running-tests; exit 3").await;
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let (bare, commit) = app_repo(dir.path(), &[]);
+    let (bare, work, commit) = app_repo(dir.path(), &[(".conveyor.yml", "test: echo running-tests; exit 3\n")]);
 
-    let (status, body) = ci.push(json!({ "repo_url": bare.url(), "ref": "refs/heads/main", "commit": commit })).await;
-    assert_eq!(status, 202);
-    let id = body["build_id"].as_str().unwrap();
+    let id = ci.push_commit(&bare, "refs/heads/main", &commit).await;
     let build = ci.wait_finished(id).await;
     assert_eq!(build["state"], "failed");
-    let reason = build["failure"].as_str().unwrap();
+    let reason = build["reason"].as_str().unwrap();
     assert!(reason.contains("test") && reason.contains("code 3"), "{reason}");
     assert!(ci.logs(id).await.contains("running-tests"), "test output is kept for the failed build");
-    let steps: Vec<&str> = build["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["checkout", "build", "test"], "nothing after the failed test ran");
+    assert_eq!(steps(&build), ["checkout", "build", "test"], "nothing after the failed test ran");
+
+    // Green tests, but the deployed app does not serve what the smoke check expects.
+    for (path, content) in WWW {
+        work.write(path, content);
+    }
+    work.write(".conveyor.yml", &smoke_pipeline("version 2"));
+    let commit = work.commit_all("smoke test expects version 2");
+    work.push();
+    let id = ci.push_commit(&bare, "refs/heads/main", &commit).await;
+    let build = ci.wait_finished(id).await;
+    assert_eq!(build["state"], "failed", "{build}");
+    let reason = build["reason"].as_str().unwrap();
+    assert!(reason.starts_with("smoke:") && reason.contains("version 2"), "{reason}");
+    assert_eq!(steps(&build), ["checkout", "build", "test", "smoke"]);
+
     assert!(nats.stream_messages(EVENTS_STREAM).await.is_empty(), "no event for a red build");
     assert_eq!(registry.manifest_digest("busybox-app", &commit[..12]).await, None, "nothing pushed");
-    assert!(TestDocker::containers_of_build(id).is_empty());
+    assert!(TestDocker::containers_labelled("io.conveyor.replica", &ci.replica).is_empty(), "no container left behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_broken_dockerfile_or_unknown_commit_fails_with_the_reason() {
+async fn broken_dockerfile_pipeline_file_or_unknown_commit_fail_with_the_reason() {
     TestDocker::ensure(&[BUSYBOX_IMAGE]);
     let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
-    let ci = Ci::start(&nats, &registry, GREEN).await;
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
-    let (bare, commit) = app_repo(dir.path(), &[("Dockerfile", "FROM conveyor/busybox:latest\nRUN exit 7\n")]);
+    let (bare, work, commit) = app_repo(dir.path(), &[("Dockerfile", "FROM conveyor/busybox:latest\nRUN exit 7\n")]);
 
-    let (_, body) = ci.push(json!({ "repo_url": bare.url(), "ref": "refs/heads/main", "commit": commit })).await;
-    let build = ci.wait_finished(body["build_id"].as_str().unwrap()).await;
+    let build = ci.wait_finished(ci.push_commit(&bare, "refs/heads/main", &commit).await).await;
     assert_eq!(build["state"], "failed");
-    assert!(build["failure"].as_str().unwrap().starts_with("build:"), "{build}");
+    assert!(build["reason"].as_str().unwrap().starts_with("build:"), "{build}");
+
+    work.write(".conveyor.yml", "image: team/app\ntimeouts: { test: 0 }\n");
+    let commit = work.commit_all("bad pipeline file");
+    work.push();
+    let build = ci.wait_finished(ci.push_commit(&bare, "refs/heads/main", &commit).await).await;
+    assert_eq!(build["state"], "failed");
+    assert_eq!(build["reason"], "invalid .conveyor.yml: timeouts.test: a timeout must be at least 1 second");
 
     let unknown = "0123456789abcdef0123456789abcdef01234567";
-    let (_, body) = ci.push(json!({ "repo_url": bare.url(), "ref": "refs/heads/main", "commit": unknown })).await;
-    let build = ci.wait_finished(body["build_id"].as_str().unwrap()).await;
+    let build = ci.wait_finished(ci.push_commit(&bare, "refs/heads/main", unknown).await).await;
     assert_eq!(build["state"], "failed");
-    let reason = build["failure"].as_str().unwrap();
+    let reason = build["reason"].as_str().unwrap();
     assert!(reason.starts_with("checkout:") && reason.contains(unknown), "{reason}");
     assert!(nats.stream_messages(EVENTS_STREAM).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_requests_get_json_errors_and_the_service_keeps_running() {
-    TestDocker::ensure(&[]);
+async fn tag_pushes_build_a_tag_named_image_and_skips_are_recorded() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
     let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
-    let ci = Ci::start(&nats, &registry, GREEN).await;
-    let client = reqwest::Client::new();
-    let post = |body: reqwest::Body, content_type: &'static str| {
-        client.post(ci.url("/hooks/push")).header("content-type", content_type).body(body).send()
-    };
-    let cases: Vec<(reqwest::Body, &str, u16, &str)> = vec![
-        ("{not json".into(), "application/json", 400, "malformed_json"),
-        ("{}".into(), "text/plain", 415, "unsupported_media_type"),
-        (r#"{"repo_url":"/x.git"}"#.into(), "application/json", 422, "invalid_payload"),
-        (r#"{"repo_url":"/x.git","ref":"refs/heads/main","commit":"abc"}"#.into(), "application/json", 422, "invalid_push"),
-        (
-            r#"{"repo_url":"/x.git","ref":"refs/tags/v1","commit":"0123456789abcdef0123456789abcdef01234567"}"#.into(),
-            "application/json",
-            422,
-            "invalid_push",
-        ),
-        (vec![b' '; 2 * 1024 * 1024].into(), "application/json", 413, "body_too_large"),
-    ];
-    for (body, ct, status, code) in cases {
-        let resp = post(body, ct).await.unwrap();
-        assert_eq!(resp.status().as_u16(), status, "expected {code}");
-        let json: Value = resp.json().await.expect("error bodies are JSON");
-        assert_eq!(json["error"], code, "{json}");
-        assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()));
-    }
-    // A deletion is acknowledged and ignored.
-    let (status, body) = ci.push(json!({"repo_url":"/x.git","ref":"refs/heads/main","commit":"0".repeat(40)})).await;
-    assert_eq!((status, body["ignored"].as_str()), (200, Some("branch deletion")));
-    let resp = reqwest::get(ci.url("/builds/nope")).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 404);
-    assert_eq!(resp.json::<Value>().await.unwrap()["error"], "build_not_found");
-    // Nothing was queued by any of them, and the service still answers.
-    let builds: Value = reqwest::get(ci.url("/builds")).await.unwrap().json().await.unwrap();
-    assert_eq!(builds.as_array().unwrap().len(), 0);
-    assert_eq!(reqwest::get(ci.url("/healthz")).await.unwrap().status().as_u16(), 200);
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, work, commit) = app_repo(dir.path(), &[(".conveyor.yml", "image: team/busybox\nbranches: [main, \"release/*\"]\n")]);
+
+    work.push_tag("v1.2.0");
+    let build = ci.wait_finished(ci.push_commit(&bare, "refs/tags/v1.2.0", &commit).await).await;
+    assert_eq!(build["state"], "succeeded", "{build}\n{}", ci.logs(build["id"].as_u64().unwrap()).await);
+    assert_eq!(build["tags"], serde_json::json!(["v1.2.0", &commit[..12]]));
+    let by_tag = registry.manifest_digest("team/busybox", "v1.2.0").await.expect("the git tag names the image");
+    assert_eq!(registry.manifest_digest("team/busybox", &commit[..12]).await, Some(by_tag.clone()), "and so does the short SHA");
+    let event = ImageBuilt::from_json(&nats.stream_messages(EVENTS_STREAM).await[0].1).unwrap();
+    assert_eq!(
+        (event.image.tag.as_str(), event.image.digest.as_str(), event.source.branch.as_str()),
+        ("v1.2.0", by_tag.as_str(), "v1.2.0")
+    );
+
+    // A branch outside `branches:`, and a commit asking to skip CI: recorded as skipped, not built.
+    conveyor_testkit::run(Command::new("git").arg("-C").arg(&work.path).args(["push", "-q", "origin", "HEAD:refs/heads/feature/x"]));
+    let build = ci.wait_finished(ci.push_commit(&bare, "refs/heads/feature/x", &commit).await).await;
+    assert_eq!(build["state"], "skipped");
+    assert!(build["reason"].as_str().unwrap().contains("feature/x"), "{build}");
+    work.write("VERSION", "2");
+    let skipped = work.commit_all("docs only [skip ci]");
+    work.push();
+    let build = ci.wait_finished(ci.push_commit(&bare, "refs/heads/main", &skipped).await).await;
+    assert_eq!((build["state"].as_str(), steps(&build)), (Some("skipped"), vec!["checkout".to_string()]));
+    assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1, "only the tag build published");
 }

@@ -16,8 +16,8 @@ pub enum CheckoutError {
 }
 
 /// Checks out `commit` (reachable from `git_ref` of `repo_url`) into `dest`, which must not exist
-/// or be empty. Returns nothing: `dest` holds the work tree, `.git` included.
-pub fn checkout(repo_url: &str, git_ref: &str, commit: &str, dest: &Path) -> Result<(), CheckoutError> {
+/// or be empty. `dest` then holds the work tree, `.git` included; returns the commit message.
+pub fn checkout(repo_url: &str, git_ref: &str, commit: &str, dest: &Path) -> Result<String, CheckoutError> {
     let repo = Repository::init(dest)?;
     let mut remote = repo.remote_anonymous(repo_url)?;
     let refspec = format!("+{git_ref}:refs/remotes/origin/build");
@@ -34,5 +34,6 @@ pub fn checkout(repo_url: &str, git_ref: &str, commit: &str, dest: &Path) -> Res
     let target = repo.find_commit(oid).map_err(|_| not_found())?;
     repo.checkout_tree(target.as_object(), Some(CheckoutBuilder::new().force()))?;
     repo.set_head_detached(oid)?;
-    Ok(())
+    let message = target.message().unwrap_or_default().to_string();
+    Ok(message)
 }

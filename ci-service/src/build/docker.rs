@@ -115,6 +115,42 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futur
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Removes a container when dropped (a cancelled or timed-out step drops its future), so that
+/// no container outlives its step, whatever ends it.
+pub struct ContainerGuard {
+    docker: Docker,
+    pub id: String,
+    removed: bool,
+}
+
+impl ContainerGuard {
+    pub fn new(docker: &Docker, id: String) -> Self {
+        Self { docker: docker.clone(), id, removed: false }
+    }
+
+    /// Removes the container now and waits for it.
+    pub async fn remove(mut self) {
+        self.removed = true;
+        remove_container(&self.docker, &self.id).await;
+    }
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.removed {
+            let (docker, id) = (self.docker.clone(), self.id.clone());
+            tokio::spawn(async move { remove_container(&docker, &id).await });
+        }
+    }
+}
+
+async fn remove_container(docker: &Docker, id: &str) {
+    let removed = docker.remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build())).await;
+    if let Err(e) = removed {
+        tracing::warn!(container = %id, error = %e, "could not remove container");
+    }
+}
+
 /// Runs `command` with `/bin/sh -c` in a container of `image` with no network. Output goes to
 /// the log; a non-zero exit is [`DockerError::TestsFailed`]. The container is always removed.
 pub async fn run_tests(
@@ -133,12 +169,9 @@ pub async fn run_tests(
         ..Default::default()
     };
     let created = docker.create_container(Some(CreateContainerOptionsBuilder::default().build()), config).await?;
-    let id = created.id;
-    let outcome = tokio::time::timeout(limit, run_to_exit(docker, &id, log)).await;
-    let removed = docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build())).await;
-    if let Err(e) = removed {
-        tracing::warn!(container = %id, error = %e, "could not remove test container");
-    }
+    let guard = ContainerGuard::new(docker, created.id);
+    let outcome = tokio::time::timeout(limit, run_to_exit(docker, &guard.id, log)).await;
+    guard.remove().await;
     let code = match outcome {
         Err(_) => return Err(DockerError::Timeout { step: "test", secs: limit.as_secs() }),
         Ok(result) => result?,
@@ -173,11 +206,24 @@ async fn run_to_exit(docker: &Docker, id: &str, log: &dyn LogSink) -> Result<i64
     }
 }
 
+/// Gives the image `repository:from` the additional tag `repository:to`.
+pub async fn tag_image(docker: &Docker, repository: &str, from: &str, to: &str) -> Result<(), DockerError> {
+    let options = bollard::query_parameters::TagImageOptionsBuilder::default().repo(repository).tag(to).build();
+    docker.tag_image(&format!("{repository}:{from}"), Some(options)).await?;
+    Ok(())
+}
+
 /// Pushes `repository:tag` and returns the manifest digest the registry reported.
-pub async fn push_image(docker: &Docker, repository: &str, tag: &str, log: &dyn LogSink) -> Result<String, DockerError> {
+pub async fn push_image(
+    docker: &Docker,
+    repository: &str,
+    tag: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+    log: &dyn LogSink,
+) -> Result<String, DockerError> {
     let image = format!("{repository}:{tag}");
     let mut digest = None;
-    let mut stream = docker.push_image(repository, Some(PushImageOptionsBuilder::default().tag(tag).build()), None);
+    let mut stream = docker.push_image(repository, Some(PushImageOptionsBuilder::default().tag(tag).build()), credentials);
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| DockerError::Push { image: image.clone(), message: e.to_string() })?;
         if let Some(status) = info.status.as_deref() {

@@ -1,156 +1,433 @@
-//! The build pipeline for one push: checkout -> build -> test -> push -> publish, each step
-//! recorded with its timing in the build record. A failing step ends the build; nothing after
-//! it runs, so a red build never reaches the registry or the event stream.
+//! One build, from a queued job to its end: checkout -> pipeline file -> build -> test -> smoke
+//! (cancellable, each step under its own time limit) -> push -> publish (never cancelled once the
+//! push started; each retried with a bounded backoff). Every step is recorded with its timing;
+//! a failing step ends the build, so a red build never reaches the registry or the event stream.
 
 pub mod checkout;
 pub mod context;
 pub mod docker;
+pub mod smoke;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{builds::BuildStore, publish::Publisher, webhook::PushRequest, AppState};
+use crate::{
+    pipeline,
+    queue::Job,
+    records::{BuildRecord, BuildState, StepState},
+    webhook::{skips_ci, PushRequest, RefKind},
+    AppState,
+};
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENT_VERSION};
 use docker::LogSink;
 
-/// A queued build: its id in the store and what to build.
-#[derive(Debug, Clone)]
-pub struct BuildJob {
-    pub id: String,
-    pub push: PushRequest,
-}
-
-struct StoreLog<'a> {
-    store: &'a BuildStore,
-    id: &'a str,
-}
-
-impl LogSink for StoreLog<'_> {
-    fn line(&self, text: &str) {
-        self.store.log(self.id, text);
-    }
-}
-
-/// The tag of an image built from `commit`: the 12-character short SHA (unique enough across a
-/// repository's history, and what users see in `git log --oneline`).
+/// The 12-character short SHA every image is tagged with (unique enough across a repository's
+/// history, and what users see in `git log --oneline`).
 pub fn image_tag(commit: &str) -> String {
     commit.chars().take(12).collect()
 }
 
-/// Runs one build to the end and records the result.
-pub async fn run(state: Arc<AppState>, job: BuildJob) {
-    let span = tracing::info_span!("build", build.id = %job.id, app = %job.push.app, commit = %job.push.commit);
-    async {
-        state.builds.start(&job.id);
-        let result = run_steps(&state, &job).await;
-        match &result {
-            Ok(()) => tracing::info!("build succeeded"),
-            Err(reason) => {
-                state.builds.log(&job.id, &format!("[conveyor] build failed: {reason}"));
-                tracing::warn!(%reason, "build failed");
-            }
+/// The builds running in this replica, so that cancel and supersede notices reach them.
+#[derive(Default)]
+pub struct Running {
+    builds: Mutex<HashMap<u64, Arc<RunningBuild>>>,
+}
+
+pub struct RunningBuild {
+    pub id: u64,
+    pub repo_url: String,
+    pub git_ref: String,
+    token: CancellationToken,
+    /// (the push has started, why it was cancelled)
+    phase: Mutex<(bool, Option<String>)>,
+}
+
+impl RunningBuild {
+    /// Cancels the build unless its image push has started; false if too late.
+    pub fn try_cancel(&self, reason: String) -> bool {
+        let mut phase = self.phase.lock().expect("phase lock is never poisoned");
+        if phase.0 {
+            return false;
         }
-        state.builds.finish(&job.id, result);
+        phase.1.get_or_insert(reason);
+        self.token.cancel();
+        true
     }
-    .instrument(span)
-    .await
+
+    /// Enters the push phase (from then on no cancel); false if it was cancelled before.
+    fn enter_release(&self) -> bool {
+        let mut phase = self.phase.lock().expect("phase lock is never poisoned");
+        if phase.1.is_some() {
+            return false;
+        }
+        phase.0 = true;
+        true
+    }
+
+    fn reason(&self) -> String {
+        self.phase.lock().expect("phase lock is never poisoned").1.clone().unwrap_or_else(|| "cancelled".into())
+    }
 }
 
-/// Runs a step: records start/end and turns its error into the build's failure reason.
-async fn step<T, E: std::fmt::Display>(
-    store: &BuildStore,
-    id: &str,
-    name: &'static str,
-    fut: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    store.step_started(id, name);
-    let result = fut.instrument(tracing::info_span!("step", step = name)).await;
-    store.step_finished(id, name, result.is_ok());
-    result.map_err(|e| format!("{name}: {e}"))
+impl Running {
+    fn register(&self, id: u64, push: &PushRequest) -> Arc<RunningBuild> {
+        let build = Arc::new(RunningBuild {
+            id,
+            repo_url: push.repo_url.clone(),
+            git_ref: push.git_ref.clone(),
+            token: CancellationToken::new(),
+            phase: Mutex::new((false, None)),
+        });
+        self.builds.lock().expect("running lock is never poisoned").insert(id, build.clone());
+        build
+    }
+
+    fn remove(&self, id: u64) {
+        self.builds.lock().expect("running lock is never poisoned").remove(&id);
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<RunningBuild>> {
+        self.builds.lock().expect("running lock is never poisoned").get(&id).cloned()
+    }
+
+    /// Running builds of `repo_url` + `git_ref` older than build `by`.
+    pub fn older_of(&self, repo_url: &str, git_ref: &str, by: u64) -> Vec<Arc<RunningBuild>> {
+        let builds = self.builds.lock().expect("running lock is never poisoned");
+        builds.values().filter(|b| b.repo_url == repo_url && b.git_ref == git_ref && b.id < by).cloned().collect()
+    }
 }
 
-async fn run_steps(state: &Arc<AppState>, job: &BuildJob) -> Result<(), String> {
+/// How a build ended early.
+enum Stop {
+    Failed(String),
+    Cancelled(String),
+    Skipped(String),
+}
+
+/// A build in progress: its record (written through to the shared store) and its log.
+struct Ctx<'a> {
+    state: &'a Arc<AppState>,
+    rec: tokio::sync::Mutex<BuildRecord>,
+    log: crate::logs::LogWriter,
+}
+
+impl LogSink for crate::logs::LogWriter {
+    fn line(&self, text: &str) {
+        crate::logs::LogWriter::line(self, text)
+    }
+}
+
+impl Ctx<'_> {
+    async fn update(&self, f: impl FnOnce(&mut BuildRecord)) {
+        let mut rec = self.rec.lock().await;
+        f(&mut rec);
+        if let Err(e) = self.state.records.put(&rec).await {
+            tracing::warn!(build.id = rec.id, error = %e, "could not store the build record");
+        }
+    }
+
+    /// Runs a step: records start and end, turns its error into the build's failure reason.
+    async fn step<T, E: std::fmt::Display>(
+        &self,
+        name: &'static str,
+        fut: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, Stop> {
+        self.update(|r| r.step_started(name)).await;
+        self.log.line(&format!("[conveyor] step {name}"));
+        let result = fut.instrument(tracing::info_span!("step", step = name)).await;
+        let state = if result.is_ok() { StepState::Succeeded } else { StepState::Failed };
+        self.update(|r| r.step_finished(name, state)).await;
+        result.map_err(|e| Stop::Failed(format!("{name}: {}", self.state.masker.mask(&e.to_string()))))
+    }
+}
+
+/// Runs one job to its end. `attempt` is the queue's delivery count.
+pub async fn run_job(state: Arc<AppState>, id: u64, job: Job, attempt: i64) {
+    match job {
+        Job::Build { push, queued_at } => {
+            let span = tracing::info_span!("build", build.id = id, app = %push.app, commit = %push.commit);
+            run_build(&state, id, push, queued_at, attempt).instrument(span).await
+        }
+        Job::Retry { build } => {
+            let span = tracing::info_span!("retry", build.id = build);
+            run_retry(&state, build).instrument(span).await
+        }
+    }
+}
+
+async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at: OffsetDateTime, attempt: i64) {
+    let rec = match state.records.get(id).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => BuildRecord::queued(id, &push, queued_at),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the build record; starting from the job");
+            BuildRecord::queued(id, &push, queued_at)
+        }
+    };
+    if rec.state.is_finished() {
+        tracing::info!(state = ?rec.state, "build already ended (redelivered job)");
+        return;
+    }
+    let ctx = Ctx { state, rec: tokio::sync::Mutex::new(rec), log: state.logs.writer(id, state.masker.clone()) };
+    if state.config.cancel_superseded && push.ref_kind == RefKind::Branch {
+        if let Ok(Some(newer)) = state.queue.newer_job(&push, id).await {
+            end(ctx, BuildState::Cancelled, Some(format!("superseded by build {newer} of the same branch"))).await;
+            return;
+        }
+    }
+    let replica = state.replica.clone();
+    ctx.update(|r| {
+        r.state = BuildState::Running;
+        r.started_at.get_or_insert_with(OffsetDateTime::now_utc);
+        r.attempts += 1;
+        r.replica = Some(replica.clone());
+    })
+    .await;
+    ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt})", push.app, push.git_ref, push.commit));
+    tracing::info!(replica = %replica, "build started");
+
+    let run = state.running.register(id, &push);
+    let prepared = tokio::select! {
+        r = prepare(&ctx, id, &push) => r,
+        _ = run.token.cancelled() => Err(Stop::Cancelled(run.reason())),
+    };
+    let outcome = match prepared {
+        Ok(p) if run.enter_release() => release(&ctx, &push, p).await,
+        Ok(_) => Err(Stop::Cancelled(run.reason())),
+        Err(stop) => Err(stop),
+    };
+    state.running.remove(id);
+    let (state_, reason) = match outcome {
+        Ok(()) => (BuildState::Succeeded, None),
+        Err(Stop::Failed(r)) => (BuildState::Failed, Some(r)),
+        Err(Stop::Cancelled(r)) => (BuildState::Cancelled, Some(r)),
+        Err(Stop::Skipped(r)) => (BuildState::Skipped, Some(r)),
+    };
+    end(ctx, state_, reason).await;
+}
+
+/// Records the end of a build and closes its log.
+async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
+    let word = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    match &reason {
+        Some(r) => ctx.log.line(&format!("[conveyor] build {word}: {r}")),
+        None => ctx.log.line(&format!("[conveyor] build {word}")),
+    }
+    match state {
+        BuildState::Succeeded => tracing::info!("build succeeded"),
+        _ => tracing::warn!(state = %word, reason = reason.as_deref().unwrap_or(""), "build ended"),
+    }
+    ctx.update(|r| r.finish(state, reason)).await;
+    ctx.log.close(&word).await;
+}
+
+/// What the cancellable half hands to the release half.
+struct Prepared {
+    repository: String,
+    tags: Vec<String>,
+    push_timeout: Duration,
+}
+
+async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared, Stop> {
+    let state = ctx.state;
     let cfg = &state.config;
-    let store = &state.builds;
-    let id = job.id.as_str();
-    let push = &job.push;
-    let log = StoreLog { store, id };
-    let started_at = OffsetDateTime::now_utc();
-
-    let dir = cfg.workdir.join("builds").join(id);
+    let dir = cfg.workdir.join("builds").join(format!("{id}-{}", uuid::Uuid::now_v7()));
     let _cleanup = RemoveDirOnDrop(dir.clone());
 
-    step(store, id, "checkout", async {
-        let (url, git_ref, commit, dest) = (push.repo_url.clone(), push.git_ref.clone(), push.commit.clone(), dir.clone());
-        tokio::task::spawn_blocking(move || checkout::checkout(&url, &git_ref, &commit, &dest))
-            .await
-            .map_err(|e| format!("checkout task failed: {e}"))?
-            .map_err(|e| e.to_string())
+    let message = ctx
+        .step("checkout", async {
+            let (url, git_ref, commit, dest) = (push.repo_url.clone(), push.git_ref.clone(), push.commit.clone(), dir.clone());
+            tokio::task::spawn_blocking(move || checkout::checkout(&url, &git_ref, &commit, &dest))
+                .await
+                .map_err(|e| format!("checkout task failed: {e}"))?
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+    if skips_ci(&message) {
+        return Err(Stop::Skipped("the commit message asks to skip CI".into()));
+    }
+    let pipeline = pipeline::load(&dir, &push.app, cfg).map_err(|e| Stop::Failed(e.to_string()))?;
+    if pipeline.from_file {
+        ctx.log.line(&format!("[conveyor] pipeline from {}", pipeline::FILE_NAME));
+    }
+    if push.ref_kind == RefKind::Branch && !pipeline.builds_branch(&push.ref_name) {
+        return Err(Stop::Skipped(format!("branch {} is not among the branches of {}", push.ref_name, pipeline::FILE_NAME)));
+    }
+
+    // A context that is a symlink out of the checkout is refused.
+    let context_dir = std::fs::canonicalize(dir.join(&pipeline.context))
+        .ok()
+        .filter(|c| std::fs::canonicalize(&dir).is_ok_and(|root| c.starts_with(root)) && c.is_dir())
+        .ok_or_else(|| Stop::Failed(format!("build context {:?} is not a directory inside the repository", pipeline.context)))?;
+    let repository = format!("{}/{}", cfg.registry.trim_end_matches('/'), pipeline.image_name);
+    conveyor_proto::validate::image_repository(&repository).map_err(|e| Stop::Failed(e.to_string()))?;
+    let mut tags = Vec::new();
+    if push.ref_kind == RefKind::Tag {
+        tags.push(push.ref_name.clone());
+    }
+    tags.push(image_tag(&push.commit));
+    let image = format!("{repository}:{}", tags[0]);
+    ctx.update(|r| {
+        r.repository = Some(repository.clone());
+        r.tags = tags.clone();
     })
-    .await?;
+    .await;
 
-    let repository = format!("{}/{}", cfg.registry.trim_end_matches('/'), push.app);
-    conveyor_proto::validate::image_repository(&repository).map_err(|e| e.to_string())?;
-    let tag = image_tag(&push.commit);
-    let image = format!("{repository}:{tag}");
-    store.set_image(id, &image);
-
+    let build_id = id.to_string();
     let labels = HashMap::from([
         ("org.opencontainers.image.revision".to_string(), push.commit.clone()),
         ("org.opencontainers.image.source".to_string(), push.repo_url.clone()),
-        ("org.opencontainers.image.created".to_string(), rfc3339(started_at)),
-        ("io.conveyor.build-id".to_string(), id.to_string()),
+        ("org.opencontainers.image.created".to_string(), rfc3339(OffsetDateTime::now_utc())),
+        ("io.conveyor.build-id".to_string(), build_id.clone()),
     ]);
-
-    step(store, id, "build", async {
+    ctx.step("build", async {
         let spec = docker::BuildSpec {
-            context_dir: dir.clone(),
-            dockerfile: &cfg.dockerfile,
+            context_dir: context_dir.clone(),
+            dockerfile: &pipeline.dockerfile,
             image: &image,
-            build_args: &cfg.build_args,
+            build_args: &pipeline.build_args,
             labels: labels.clone(),
         };
-        tokio::time::timeout(cfg.build_timeout(), docker::build_image(&state.docker, spec, &log))
+        tokio::time::timeout(pipeline.build_timeout, docker::build_image(&state.docker, spec, &ctx.log))
             .await
-            .unwrap_or(Err(docker::DockerError::Timeout { step: "build", secs: cfg.build_timeout_secs }))
+            .unwrap_or(Err(docker::DockerError::Timeout { step: "build", secs: pipeline.build_timeout.as_secs() }))?;
+        for extra in &tags[1..] {
+            docker::tag_image(&state.docker, &repository, &tags[0], extra).await?;
+        }
+        Ok::<_, docker::DockerError>(())
     })
     .await?;
 
-    let container_labels = HashMap::from([("io.conveyor.build-id".to_string(), id.to_string())]);
-    step(store, id, "test", docker::run_tests(&state.docker, &image, &cfg.test_command, container_labels, cfg.test_timeout(), &log))
+    let container_labels =
+        HashMap::from([("io.conveyor.build-id".to_string(), build_id), ("io.conveyor.replica".to_string(), state.replica.clone())]);
+    ctx.step(
+        "test",
+        docker::run_tests(&state.docker, &image, &pipeline.test_command, container_labels.clone(), pipeline.test_timeout, &ctx.log),
+    )
+    .await?;
+    if let Some(spec) = &pipeline.smoke {
+        ctx.step("smoke", smoke::run(&state.docker, &image, spec, container_labels, pipeline.smoke_timeout, &ctx.log)).await?;
+    }
+    Ok(Prepared { repository, tags, push_timeout: pipeline.push_timeout })
+}
+
+/// Push and publish: not cancellable; each retried with a bounded backoff.
+async fn release(ctx: &Ctx<'_>, push: &PushRequest, p: Prepared) -> Result<(), Stop> {
+    let state = ctx.state;
+    let cfg = &state.config;
+    let attempts = cfg.step_attempts.max(1);
+    let digest = ctx
+        .step("push", async {
+            let mut digest = String::new();
+            for tag in &p.tags {
+                digest = retry(attempts, "push", &ctx.log, || async {
+                    tokio::time::timeout(
+                        p.push_timeout,
+                        docker::push_image(&state.docker, &p.repository, tag, state.registry_auth.clone(), &ctx.log),
+                    )
+                    .await
+                    .unwrap_or(Err(docker::DockerError::Timeout { step: "push", secs: p.push_timeout.as_secs() }))
+                })
+                .await?;
+            }
+            Ok::<_, docker::DockerError>(digest)
+        })
         .await?;
+    ctx.update(|r| r.digest = Some(digest.clone())).await;
+    ctx.log.line(&format!("[conveyor] pushed {}:{}@{digest}", p.repository, p.tags[0]));
 
-    let digest = step(store, id, "push", async {
-        tokio::time::timeout(cfg.push_timeout(), docker::push_image(&state.docker, &repository, &tag, &log))
-            .await
-            .unwrap_or(Err(docker::DockerError::Timeout { step: "push", secs: cfg.push_timeout_secs }))
-    })
-    .await?;
-    store.set_digest(id, &digest);
-    log.line(&format!("[conveyor] pushed {image}@{digest}"));
-
+    let (id, started_at) = {
+        let rec = ctx.rec.lock().await;
+        (rec.id, rec.started_at.unwrap_or_else(OffsetDateTime::now_utc))
+    };
     let event = ImageBuilt {
         version: EVENT_VERSION,
-        event_id: uuid::Uuid::now_v7().to_string(),
+        // Stable across retries of this build, so a re-publish is de-duplicated downstream.
+        event_id: format!("ci-{id}-{}", digest.strip_prefix("sha256:").unwrap_or(&digest).chars().take(12).collect::<String>()),
         app: push.app.clone(),
-        image: ImageRef { repository, tag, digest },
-        source: SourceRef { repo_url: push.repo_url.clone(), commit: push.commit.clone(), branch: push.branch.clone() },
+        image: ImageRef { repository: p.repository.clone(), tag: p.tags[0].clone(), digest },
+        source: SourceRef { repo_url: push.repo_url.clone(), commit: push.commit.clone(), branch: push.ref_name.clone() },
         build_id: id.to_string(),
         build_started_at: started_at,
         built_at: OffsetDateTime::now_utc(),
         traceparent: None,
         deploy: None,
     };
-    let sequence = step(store, id, "publish", publish(&state.publisher, &event)).await?;
-    store.set_event(id, &event.event_id, sequence);
-    log.line(&format!("[conveyor] published event {} (stream sequence {sequence})", event.event_id));
+    let sequence = ctx.step("publish", retry(attempts, "publish", &ctx.log, || state.publisher.publish(&event))).await?;
+    ctx.update(|r| {
+        r.event_id = Some(event.event_id.clone());
+        r.event_sequence = Some(sequence);
+    })
+    .await;
+    ctx.log.line(&format!("[conveyor] published event {} (stream sequence {sequence})", event.event_id));
     Ok(())
 }
 
-async fn publish(publisher: &Publisher, event: &ImageBuilt) -> Result<u64, crate::publish::PublishError> {
-    publisher.publish(event).await
+/// Re-runs push and publish of a build whose push or publish failed, without rebuilding.
+async fn run_retry(state: &Arc<AppState>, id: u64) {
+    let rec = match state.records.get(id).await {
+        Ok(Some(rec)) => rec,
+        Ok(None) => return tracing::warn!("retry of an unknown build"),
+        Err(e) => return tracing::warn!(error = %e, "cannot read the build record for a retry"),
+    };
+    if rec.state != BuildState::Queued {
+        return tracing::info!(state = ?rec.state, "retry job for a build that is not queued for a retry: nothing to do");
+    }
+    let push = rec.push_request();
+    let (Some(repository), false) = (rec.repository.clone(), rec.tags.is_empty()) else {
+        return tracing::warn!("retry of a build that has no image");
+    };
+    let tags = rec.tags.clone();
+    let ctx = Ctx { state, rec: tokio::sync::Mutex::new(rec), log: state.logs.writer(id, state.masker.clone()) };
+    let replica = state.replica.clone();
+    ctx.update(|r| {
+        r.state = BuildState::Running;
+        r.attempts += 1;
+        r.replica = Some(replica);
+    })
+    .await;
+    ctx.log.line(&format!("[conveyor] retry of build {id}: push and publish of the image built before"));
+    let image = format!("{repository}:{}", tags[0]);
+    if let Err(e) = state.docker.inspect_image(&image).await {
+        let reason = format!("the image {image} is no longer on this engine ({e}); start a new build with POST /builds");
+        return end(ctx, BuildState::Failed, Some(reason)).await;
+    }
+    let p = Prepared { repository, tags, push_timeout: state.config.push_timeout() };
+    let outcome = release(&ctx, &push, p).await;
+    match outcome {
+        Ok(()) => end(ctx, BuildState::Succeeded, None).await,
+        Err(Stop::Failed(r) | Stop::Cancelled(r) | Stop::Skipped(r)) => end(ctx, BuildState::Failed, Some(r)).await,
+    }
+}
+
+/// Runs `f` up to `attempts` times, waiting 1 s, 2 s, 4 s... between tries.
+async fn retry<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
+    attempts: u32,
+    what: &str,
+    log: &crate::logs::LogWriter,
+    mut f: impl FnMut() -> Fut,
+) -> Result<T, E> {
+    let mut n = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if n < attempts => {
+                let wait = Duration::from_secs(1 << (n - 1).min(5));
+                log.line(&format!("[conveyor] {what} attempt {n} of {attempts} failed: {e}; retrying in {} s", wait.as_secs()));
+                tokio::time::sleep(wait).await;
+                n += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -158,7 +435,7 @@ fn rfc3339(t: OffsetDateTime) -> String {
 }
 
 /// Removes a build's work directory when the build ends, however it ends.
-struct RemoveDirOnDrop(std::path::PathBuf);
+struct RemoveDirOnDrop(PathBuf);
 
 impl Drop for RemoveDirOnDrop {
     fn drop(&mut self) {

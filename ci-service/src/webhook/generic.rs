@@ -1,13 +1,14 @@
 //! The generic push format: a JSON body `{repo_url, ref, commit, app?}`, sent by the
-//! `hooks/post-receive` script of a bare repository or by any script. Forge formats (GitHub,
-//! GitLab, Gitea) are separate modules that produce the same [`PushRequest`].
+//! `hooks/post-receive` script of a bare repository or by any script, signed like GitHub's
+//! (`X-Conveyor-Signature-256: sha256=<hex HMAC of the body>`).
 
 use serde::Deserialize;
 
-use super::{app_from_repo_url, PushRequest};
+use super::{app_from_repo_url, check_hmac, classify_ref, parse_json, Intake, IntakeError, PushRequest, RefTarget, Source};
+use crate::secrets::WebhookSecrets;
 use conveyor_proto::validate;
 
-/// The body of `POST /hooks/push`.
+/// The body of a generic push.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenericPush {
@@ -22,79 +23,94 @@ pub struct GenericPush {
     /// Overrides the app name derived from `repo_url`.
     #[serde(default)]
     pub app: Option<String>,
+    /// The sender's id for this notification, if it has one.
+    #[serde(default)]
+    pub delivery: Option<String>,
 }
 
-/// What to do with a push that is well-formed.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Intake {
-    Build(PushRequest),
-    /// Accepted and deliberately not built (e.g. a branch deletion); the reason is returned to the sender.
-    Ignore(&'static str),
-}
-
-/// Why a push body was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum IntakeError {
-    #[error("field `repo_url` must not be empty")]
-    EmptyRepoUrl,
-    #[error("ref {0:?} is not a branch (refs/heads/...); tag pushes are not built yet")]
-    UnsupportedRef(String),
-    #[error(transparent)]
-    Invalid(#[from] validate::ValidationError),
-    #[error("cannot derive an app name from repo_url {0:?}; pass `app` explicitly")]
-    NoAppName(String),
+pub fn intake(signature: Option<&str>, body: &[u8], secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
+    let push: GenericPush = parse_json(body)?;
+    let repo_url = push.repo_url.trim().to_string();
+    if repo_url.is_empty() {
+        return Err(IntakeError::Invalid("field `repo_url` must not be empty".into()));
+    }
+    check_hmac(secrets, &[repo_url.as_str()], signature, body)?;
+    push.into_intake(Source::Generic)
 }
 
 impl GenericPush {
-    pub fn into_intake(self) -> Result<Intake, IntakeError> {
+    /// Interprets an authenticated (or manual) push.
+    pub fn into_intake(self, source: Source) -> Result<Intake, IntakeError> {
         let repo_url = self.repo_url.trim().to_string();
-        if repo_url.is_empty() {
-            return Err(IntakeError::EmptyRepoUrl);
-        }
-        let Some(branch) = self.git_ref.strip_prefix("refs/heads/").filter(|b| !b.is_empty()) else {
-            return Err(IntakeError::UnsupportedRef(self.git_ref));
+        let (ref_kind, ref_name) = match classify_ref(&self.git_ref, &self.commit, false)? {
+            RefTarget::Ignore(reason) => return Ok(Intake::Ignore(reason)),
+            RefTarget::Build { kind, name } => (kind, name),
         };
-        if !self.commit.is_empty() && self.commit.bytes().all(|b| b == b'0') {
-            return Ok(Intake::Ignore("branch deletion"));
-        }
-        validate::commit(&self.commit)?;
         let app = match self.app {
             Some(app) => {
                 validate::app_name(&app)?;
                 app
             }
-            None => app_from_repo_url(&repo_url).ok_or_else(|| IntakeError::NoAppName(repo_url.clone()))?,
+            None => app_from_repo_url(&repo_url).ok_or_else(|| {
+                IntakeError::Invalid(format!("cannot derive an app name from repo_url {repo_url:?}; pass `app` explicitly"))
+            })?,
         };
-        Ok(Intake::Build(PushRequest { app, branch: branch.to_string(), repo_url, git_ref: self.git_ref, commit: self.commit }))
+        Ok(Intake::Build(PushRequest {
+            app,
+            repo_url,
+            git_ref: self.git_ref,
+            ref_kind,
+            ref_name,
+            commit: self.commit,
+            source,
+            delivery: self.delivery,
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{secrets::Secret, webhook::signature::sign};
 
-    fn push(git_ref: &str, commit: &str) -> GenericPush {
-        GenericPush { repo_url: "/srv/git/flask-app.git".into(), git_ref: git_ref.into(), commit: commit.into(), before: None, app: None }
+    fn secrets() -> WebhookSecrets {
+        WebhookSecrets::new(vec![Secret::new("s3cr3t-value")], None, false).unwrap()
+    }
+
+    fn body(git_ref: &str, commit: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"repo_url": "/srv/git/flask-app.git", "ref": git_ref, "commit": commit})).unwrap()
+    }
+
+    fn signed(b: &[u8]) -> String {
+        format!("sha256={}", sign(&Secret::new("s3cr3t-value"), b))
     }
 
     #[test]
-    fn accepts_a_branch_push() {
+    fn accepts_a_signed_branch_push() {
         let sha = "a".repeat(40);
-        let Intake::Build(req) = push("refs/heads/main", &sha).into_intake().unwrap() else { panic!("should build") };
-        assert_eq!((req.app.as_str(), req.branch.as_str(), req.commit.as_str()), ("flask-app", "main", sha.as_str()));
+        let b = body("refs/heads/main", &sha);
+        let Intake::Build(req) = intake(Some(&signed(&b)), &b, &secrets()).unwrap() else { panic!("should build") };
+        assert_eq!((req.app.as_str(), req.ref_name.as_str(), req.commit.as_str()), ("flask-app", "main", sha.as_str()));
     }
 
     #[test]
-    fn ignores_branch_deletion() {
-        assert_eq!(push("refs/heads/main", &"0".repeat(40)).into_intake(), Ok(Intake::Ignore("branch deletion")));
+    fn refuses_unsigned_and_missigned_pushes_unless_unsigned_is_allowed() {
+        let b = body("refs/heads/main", &"a".repeat(40));
+        assert!(matches!(intake(None, &b, &secrets()), Err(IntakeError::Unauthorized(_))));
+        assert!(matches!(intake(Some("sha256=00"), &b, &secrets()), Err(IntakeError::Unauthorized(_))));
+        let open = WebhookSecrets::new(vec![], None, true).unwrap();
+        assert!(matches!(intake(None, &b, &open), Ok(Intake::Build(_))));
+        let closed = WebhookSecrets::new(vec![], None, false).unwrap();
+        assert!(matches!(intake(None, &b, &closed), Err(IntakeError::Unauthorized(_))));
     }
 
     #[test]
-    fn refuses_bad_input() {
-        assert!(matches!(push("refs/tags/v1", &"a".repeat(40)).into_intake(), Err(IntakeError::UnsupportedRef(_))));
-        assert!(matches!(push("refs/heads/main", "abc").into_intake(), Err(IntakeError::Invalid(_))));
-        let mut p = push("refs/heads/main", &"a".repeat(40));
-        p.app = Some("Bad App".into());
-        assert!(matches!(p.into_intake(), Err(IntakeError::Invalid(_))));
+    fn ignores_deletions_and_refuses_bad_input() {
+        let open = WebhookSecrets::new(vec![], None, true).unwrap();
+        assert_eq!(intake(None, &body("refs/heads/main", &"0".repeat(40)), &open), Ok(Intake::Ignore("branch deletion".into())));
+        assert!(matches!(intake(None, &body("refs/heads/main", "abc"), &open), Err(IntakeError::Invalid(_))));
+        assert!(matches!(intake(None, b"{not json", &open), Err(IntakeError::Malformed(_))));
+        let e = intake(None, br#"{"repo_url": "/r.git", "ref": 5, "commit": "x"}"#, &open).unwrap_err();
+        assert!(matches!(&e, IntakeError::Invalid(m) if m.contains("`ref`")), "{e:?}");
     }
 }

@@ -1,23 +1,181 @@
-//! Push intake: turns an incoming push notification into a validated [`PushRequest`] and hands
-//! it to the build queue. Handlers verify and enqueue; they never build inline.
+//! Push intake: turns a forge webhook (GitHub, GitLab, Gitea/Forgejo) or a generic push
+//! notification into a verified, validated [`PushRequest`]. It parses and authenticates only;
+//! it never enqueues or builds (the HTTP handler enqueues, a worker builds).
 
+pub mod forges;
 pub mod generic;
+pub mod signature;
 
-use serde::Serialize;
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+use crate::secrets::WebhookSecrets;
+use conveyor_proto::validate;
+
+/// Who sent the push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Generic,
+    Github,
+    Gitlab,
+    Gitea,
+    /// `POST /builds` by a user.
+    Manual,
+}
+
+/// Whether a branch or a tag was pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefKind {
+    Branch,
+    Tag,
+}
 
 /// A push that should be built: one commit of one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushRequest {
     /// Application name (DNS label); derives the image repository and the event subject.
     pub app: String,
     /// Where the commit is fetched from (URL or local path).
     pub repo_url: String,
-    /// The full ref that was pushed, e.g. `refs/heads/main`.
+    /// The full ref that was pushed, e.g. `refs/heads/main` or `refs/tags/v1.2.0`.
+    #[serde(rename = "ref")]
     pub git_ref: String,
-    /// The branch name, `main`.
-    pub branch: String,
+    pub ref_kind: RefKind,
+    /// The branch or tag name, `main`, `v1.2.0`.
+    pub ref_name: String,
     /// Full commit id.
     pub commit: String,
+    pub source: Source,
+    /// The sender's delivery id (`X-GitHub-Delivery`, ...), when it sends one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
+}
+
+/// What to do with a well-formed, authentic notification.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Intake {
+    Build(PushRequest),
+    /// Accepted and deliberately not built; the reason goes back to the sender.
+    Ignore(String),
+    /// A forge's ping (GitHub `ping`): answered, nothing else.
+    Pong,
+}
+
+/// Why a notification was refused; each maps to one 4xx status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IntakeError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<validate::ValidationError> for IntakeError {
+    fn from(e: validate::ValidationError) -> Self {
+        IntakeError::Invalid(e.to_string())
+    }
+}
+
+/// Reads any supported notification: the forge is recognised by its event header.
+pub fn intake(headers: &HeaderMap, body: &[u8], secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
+    require_json(headers)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    // Gitea and Forgejo also send X-GitHub-Event for compatibility: look at theirs first.
+    if let Some(event) = header("x-forgejo-event").or(header("x-gitea-event")) {
+        let signature = header("x-forgejo-signature").or(header("x-gitea-signature")).or(header("x-hub-signature-256"));
+        let delivery = header("x-forgejo-delivery").or(header("x-gitea-delivery"));
+        return forges::gitea(event, signature, delivery, body, secrets);
+    }
+    if let Some(event) = header("x-github-event") {
+        return forges::github(event, header("x-hub-signature-256"), header("x-github-delivery"), body, secrets);
+    }
+    if let Some(event) = header("x-gitlab-event") {
+        let delivery = header("x-gitlab-event-uuid").or(header("x-gitlab-webhook-uuid"));
+        return forges::gitlab(event, header("x-gitlab-token"), delivery, body, secrets);
+    }
+    generic::intake(header("x-conveyor-signature-256").or(header("x-hub-signature-256")), body, secrets)
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), IntakeError> {
+    let ct = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        Err(IntakeError::UnsupportedMediaType(format!(
+            "content type {ct:?} is not supported: configure the webhook to send application/json"
+        )))
+    }
+}
+
+/// Parses JSON into `T`, naming the failing field in the error.
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, IntakeError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() {
+            IntakeError::Invalid(format!("payload field `{path}`: {inner}"))
+        } else {
+            IntakeError::Malformed(format!("malformed JSON: {inner}"))
+        }
+    })
+}
+
+/// Checks the HMAC signature of `body` for the repository known by `names`.
+pub(crate) fn check_hmac(secrets: &WebhookSecrets, names: &[&str], signature: Option<&str>, body: &[u8]) -> Result<(), IntakeError> {
+    let allowed = secrets.for_repo(names);
+    match signature {
+        None if allowed.is_empty() && secrets.allow_unsigned => Ok(()),
+        None => Err(IntakeError::Unauthorized(format!("missing signature header for repository {}", names[0]))),
+        Some(_) if allowed.is_empty() => {
+            Err(IntakeError::Unauthorized(format!("no webhook secret is configured for repository {}", names[0])))
+        }
+        Some(sig) if signature::verify_hmac(allowed, body, sig) => Ok(()),
+        Some(_) => Err(IntakeError::Unauthorized(format!("signature does not match for repository {}", names[0]))),
+    }
+}
+
+/// What a pushed ref means for the build.
+pub(crate) enum RefTarget {
+    Build { kind: RefKind, name: String },
+    Ignore(String),
+}
+
+/// Classifies a pushed ref; `deleted` covers an all-zero `after`.
+pub(crate) fn classify_ref(git_ref: &str, after: &str, deleted: bool) -> Result<RefTarget, IntakeError> {
+    let deleted = deleted || (!after.is_empty() && after.bytes().all(|b| b == b'0'));
+    let (kind, name) = if let Some(b) = git_ref.strip_prefix("refs/heads/") {
+        (RefKind::Branch, b)
+    } else if let Some(t) = git_ref.strip_prefix("refs/tags/") {
+        (RefKind::Tag, t)
+    } else {
+        return Ok(RefTarget::Ignore(format!("ref {git_ref:?} is neither a branch nor a tag")));
+    };
+    if name.is_empty() {
+        return Err(IntakeError::Invalid(format!("ref {git_ref:?} has no name")));
+    }
+    if deleted {
+        let what = if kind == RefKind::Branch { "branch" } else { "tag" };
+        return Ok(RefTarget::Ignore(format!("{what} deletion")));
+    }
+    if kind == RefKind::Tag {
+        validate::tag(name).map_err(|e| IntakeError::Invalid(format!("git tag {name:?} cannot name an image: {e}")))?;
+    }
+    validate::commit(after)?;
+    Ok(RefTarget::Build { kind, name: name.to_string() })
+}
+
+/// True for commit messages that ask CI to skip them.
+pub fn skips_ci(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["[skip ci]", "[ci skip]", "[no ci]", "[skip conveyor]"].iter().any(|marker| m.contains(marker))
 }
 
 /// Derives an app name from a repository URL: the last path component without `.git`,
@@ -29,7 +187,7 @@ pub fn app_from_repo_url(repo_url: &str) -> Option<String> {
     name = name.trim_matches('-').to_string();
     name.truncate(63);
     let name = name.trim_end_matches('-').to_string();
-    conveyor_proto::validate::app_name(&name).ok().map(|_| name)
+    validate::app_name(&name).ok().map(|_| name)
 }
 
 #[cfg(test)]
@@ -42,5 +200,33 @@ mod tests {
         assert_eq!(app_from_repo_url("git@github.com:org/My_App.git").as_deref(), Some("my-app"));
         assert_eq!(app_from_repo_url("https://example.com/org/web/").as_deref(), Some("web"));
         assert_eq!(app_from_repo_url("/srv/git/___.git"), None);
+    }
+
+    #[test]
+    fn recognises_skip_markers() {
+        assert!(skips_ci("docs: typo [skip ci]"));
+        assert!(skips_ci("[CI SKIP] wip"));
+        assert!(!skips_ci("skip the ci for now"));
+    }
+
+    #[test]
+    fn classifies_refs() {
+        let sha = "a".repeat(40);
+        assert!(matches!(classify_ref("refs/heads/main", &sha, false), Ok(RefTarget::Build { kind: RefKind::Branch, .. })));
+        assert!(matches!(classify_ref("refs/tags/v1.2.0", &sha, false), Ok(RefTarget::Build { kind: RefKind::Tag, .. })));
+        assert!(matches!(classify_ref("refs/heads/main", &"0".repeat(40), false), Ok(RefTarget::Ignore(r)) if r == "branch deletion"));
+        assert!(matches!(classify_ref("refs/notes/x", &sha, false), Ok(RefTarget::Ignore(_))));
+        assert!(matches!(classify_ref("refs/tags/v1+meta", &sha, false), Err(IntakeError::Invalid(_))));
+        assert!(matches!(classify_ref("refs/heads/main", "abc", false), Err(IntakeError::Invalid(_))));
+    }
+
+    #[test]
+    fn only_json_is_accepted() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(require_json(&h), Err(IntakeError::UnsupportedMediaType(_))));
+        h.insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+        assert!(matches!(require_json(&h), Err(IntakeError::UnsupportedMediaType(_))));
+        h.insert("content-type", "application/json; charset=utf-8".parse().unwrap());
+        assert!(require_json(&h).is_ok());
     }
 }

@@ -87,7 +87,9 @@ impl Stack {
             .context("start cd-service")?;
         let cd = ChildGuard(cd);
 
-        // ci-service: HTTP on a free port; builds FROM the local Flask base image.
+        // ci-service: HTTP on a free port; builds FROM the local Flask base image; the hook signs
+        // its requests with a secret made for this run.
+        let webhook_secret = format!("demo-{}", uuid::Uuid::now_v7().simple());
         let port = free_port();
         let ci_url = format!("http://127.0.0.1:{port}");
         let ci_log = std::fs::File::create(d.join("ci-service.log"))?;
@@ -97,6 +99,7 @@ impl Stack {
             .env("CONVEYOR_REGISTRY", &registry.addr)
             .env("CONVEYOR_WORKDIR", d.join("ci-work"))
             .env("CONVEYOR_BUILD_ARGS", format!("BASE_IMAGE={FLASK_BASE_IMAGE}"))
+            .env("CONVEYOR_WEBHOOK_SECRET", &webhook_secret)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(ci_log)
@@ -108,6 +111,7 @@ impl Stack {
         let app_repo = BareRepo::create(d.join("git/flask-app.git"));
         app_repo.install_hook("post-receive", &repo_root().join("ci-service/hooks/post-receive"));
         app_repo.set_config("conveyor.url", &ci_url);
+        app_repo.set_config("conveyor.secret", &webhook_secret);
         let dev = WorkClone::init(d.join("dev/flask-app"), &app_repo);
 
         let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, dir, _ci: ci, _cd: cd };
@@ -164,7 +168,7 @@ impl Stack {
             let builds: Value = reqwest::get(format!("{}/builds", self.ci_url)).await?.json().await?;
             let build = builds.as_array().and_then(|a| a.iter().find(|b| b["commit"] == commit)).cloned();
             if let Some(b) = &build {
-                if matches!(b["state"].as_str(), Some("succeeded" | "failed")) {
+                if matches!(b["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "skipped")) {
                     return Ok(b.clone());
                 }
             }
@@ -178,8 +182,9 @@ impl Stack {
         }
     }
 
-    pub async fn build_logs(&self, id: &str) -> anyhow::Result<String> {
-        Ok(reqwest::get(format!("{}/builds/{id}/logs", self.ci_url)).await?.text().await?)
+    /// The log of a build record returned by [`Stack::wait_build`].
+    pub async fn build_logs(&self, build: &Value) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/builds/{}/logs", self.ci_url, build["id"])).await?.text().await?)
     }
 
     /// Waits until the manifest branch moves away from `from`; returns the new head.

@@ -29,8 +29,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let build = stack.wait_build(&commit, BUILD_LIMIT).await?;
     print_build(&build);
-    ensure!(build["state"] == "succeeded", "the build failed:\n{}", stack.build_logs(build["id"].as_str().unwrap_or("")).await?);
-    let logs = stack.build_logs(build["id"].as_str().unwrap_or_default()).await?;
+    ensure!(build["state"] == "succeeded", "the build failed:\n{}", stack.build_logs(&build).await?);
+    let logs = stack.build_logs(&build).await?;
     if let Some(line) = logs.lines().find(|l| l.contains("passed")) {
         println!("  pytest: {}", line.trim());
     }
@@ -81,7 +81,7 @@ fn indent(text: &str) -> String {
 fn print_build(b: &serde_json::Value) {
     println!(
         "  build {} for {}: {}",
-        b["id"].as_str().unwrap_or("?"),
+        b["id"],
         &b["commit"].as_str().unwrap_or("?")[..12],
         b["state"].as_str().unwrap_or("?").to_uppercase()
     );

@@ -18,7 +18,7 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
     assert!(hook_output.contains("build_id"), "the post-receive hook reached ci-service:\n{hook_output}");
 
     let build = stack.wait_build(&commit, BUILD_LIMIT).await.unwrap();
-    let logs = stack.build_logs(build["id"].as_str().unwrap()).await.unwrap();
+    let logs = stack.build_logs(&build).await.unwrap();
     assert_eq!(build["state"], "succeeded", "{build}\n{logs}");
     assert!(logs.contains("2 passed"), "pytest ran the app's two tests in the image:\n{logs}");
 
@@ -54,7 +54,7 @@ async fn a_push_whose_tests_fail_publishes_nothing_and_changes_no_manifest() {
     stack.dev.push();
 
     let build = stack.wait_build(&commit, BUILD_LIMIT).await.unwrap();
-    let logs = stack.build_logs(build["id"].as_str().unwrap()).await.unwrap();
+    let logs = stack.build_logs(&build).await.unwrap();
     assert_eq!(build["state"], "failed", "{logs}");
     assert!(build["failure"].as_str().unwrap().starts_with("test:"), "{build}");
     assert!(logs.contains("1 failed"), "pytest's failure is in the build log:\n{logs}");

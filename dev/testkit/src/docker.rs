@@ -21,13 +21,17 @@ impl TestDocker {
         TestDocker
     }
 
-    /// Containers (running or not) labelled with this build id.
-    pub fn containers_of_build(build_id: &str) -> Vec<String> {
-        let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=io.conveyor.build-id={build_id}")])
-            .output()
-            .expect("docker ps");
+    /// Containers (running or not) carrying the label `key=value`.
+    pub fn containers_labelled(key: &str, value: &str) -> Vec<String> {
+        let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={key}={value}")]).output().expect("docker ps");
         String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    }
+
+    /// Containers (running or not) whose command line contains `marker`, e.g. the `RUN` step
+    /// of a build that was cancelled (build containers carry no labels of ours).
+    pub fn containers_running_command_with(marker: &str) -> Vec<String> {
+        let out = Command::new("docker").args(["ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}"]).output().expect("docker ps");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(marker)).map(str::to_string).collect()
     }
 }
 

@@ -134,4 +134,13 @@ impl WorkClone {
         assert!(out.status.success(), "git push failed:\n{text}");
         text
     }
+
+    /// Tags HEAD with `tag` and pushes the tag; returns git's output.
+    pub fn push_tag(&self, tag: &str) -> String {
+        run(git(&self.path).args(["tag", tag]));
+        let out = git(&self.path).args(["push", "origin", &format!("refs/tags/{tag}")]).output().expect("git push");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "git push of tag {tag} failed:\n{text}");
+        text
+    }
 }

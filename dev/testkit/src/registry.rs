@@ -13,7 +13,7 @@ pub struct TestRegistry {
     /// `127.0.0.1:<port>`: the image repository prefix.
     pub addr: String,
     dir: tempfile::TempDir,
-    _child: ChildGuard,
+    child: Option<ChildGuard>,
 }
 
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json";
@@ -27,24 +27,35 @@ impl TestRegistry {
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+        std::fs::write(dir.path().join("config.yml"), config).expect("write registry config");
+        let mut this = Self { addr, dir, child: None };
+        this.restart().await;
+        this
+    }
+
+    /// Stops the registry (pushes fail until [`TestRegistry::restart`]).
+    pub fn stop(&mut self) {
+        self.child = None;
+    }
+
+    /// Starts the registry (again), on the same address and data.
+    pub async fn restart(&mut self) {
+        self.child = None;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("registry.log")).expect("log file");
         let child = Command::new("docker-registry")
             .arg("serve")
-            .arg(&config_path)
+            .arg(self.dir.path().join("config.yml"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("docker-registry not found: run dev/setup (apt install docker-registry)");
-        let this = Self { addr: addr.clone(), dir, _child: ChildGuard(child) };
-        let url = format!("http://{addr}/v2/");
+        self.child = Some(ChildGuard(child));
+        let url = format!("http://{}/v2/", self.addr);
         crate::wait_until("the registry to answer /v2/", Duration::from_secs(20), || {
             let url = url.clone();
             async move { reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
-        this
     }
 
     /// The manifest digest the registry serves for `name:tag` (name without the registry host),

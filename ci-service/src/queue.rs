@@ -1,0 +1,163 @@
+//! The build queue: a JetStream work-queue stream that every replica pulls from. A job goes to
+//! one worker at a time; the worker reports progress while it builds and acks when the build
+//! ended, so a replica that dies mid-build leaves its job to be redelivered to another. The same
+//! commit of the same ref pushed again is dropped by `Nats-Msg-Id` de-duplication. Cancellation
+//! and supersession notices travel on a plain NATS control subject every replica listens to.
+
+use std::time::Duration;
+
+use async_nats::{
+    jetstream::{self, consumer, stream},
+    HeaderMap,
+};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::webhook::PushRequest;
+
+pub const STREAM: &str = "CONVEYOR_CI_JOBS";
+pub const CONSUMER: &str = "ci-workers";
+pub const CONTROL_SUBJECT: &str = "conveyor.ci.control";
+
+/// A unit of work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Job {
+    /// Build a push; the build number is the job's stream sequence.
+    Build {
+        push: PushRequest,
+        #[serde(with = "time::serde::rfc3339")]
+        queued_at: OffsetDateTime,
+    },
+    /// Re-run the push and publish steps of a build whose image exists.
+    Retry { build: u64 },
+}
+
+/// Notices to every replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Control {
+    /// Cancel this build wherever it runs.
+    Cancel { build: u64, reason: String },
+    /// Build `by` was queued for this repository and ref: older ones of the same ref may stop.
+    Superseded { repo_url: String, git_ref: String, by: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("build queue: {0}")]
+pub struct QueueError(pub String);
+
+fn err(e: impl std::fmt::Display) -> QueueError {
+    QueueError(e.to_string())
+}
+
+/// A job was queued (or it was there already).
+#[derive(Debug, Clone, Copy)]
+pub struct Enqueued {
+    pub id: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    ack_wait: Duration,
+    max_deliver: i64,
+}
+
+impl Queue {
+    pub async fn open(js: &jetstream::Context, dedup_window: Duration, ack_wait: Duration, max_deliver: i64) -> Result<Self, QueueError> {
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                description: Some("Conveyor ci-service build queue".into()),
+                subjects: vec!["conveyor.ci.jobs.>".into(), "conveyor.ci.retry.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: dedup_window,
+                ..Default::default()
+            })
+            .await
+            .map_err(err)?;
+        Ok(Self { js: js.clone(), stream, ack_wait, max_deliver })
+    }
+
+    /// `conveyor.ci.jobs.<app>.<hash of repository and ref>`: the newest job on a subject is the
+    /// newest push of that ref.
+    pub fn job_subject(push: &PushRequest) -> String {
+        let hash = Sha256::digest(format!("{}\n{}", push.repo_url, push.git_ref).as_bytes());
+        format!("conveyor.ci.jobs.{}.{}", push.app, &hex::encode(hash)[..16])
+    }
+
+    /// The de-duplication id of a push: repository, ref and commit.
+    pub fn push_msg_id(push: &PushRequest) -> String {
+        let hash = Sha256::digest(format!("push\n{}\n{}\n{}", push.repo_url, push.git_ref, push.commit).as_bytes());
+        format!("push-{}", hex::encode(hash))
+    }
+
+    /// Queues a build; `msg_id` de-duplicates (a duplicate returns the first job's number).
+    pub async fn enqueue_build(&self, push: &PushRequest, queued_at: OffsetDateTime, msg_id: &str) -> Result<Enqueued, QueueError> {
+        let job = Job::Build { push: push.clone(), queued_at };
+        self.publish(Self::job_subject(push), &job, msg_id).await
+    }
+
+    pub async fn enqueue_retry(&self, build: u64, attempt: u32) -> Result<Enqueued, QueueError> {
+        self.publish(format!("conveyor.ci.retry.{build}"), &Job::Retry { build }, &format!("retry-{build}-{attempt}")).await
+    }
+
+    async fn publish(&self, subject: String, job: &Job, msg_id: &str) -> Result<Enqueued, QueueError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(conveyor_proto::headers::MSG_ID, msg_id);
+        let payload = Bytes::from(serde_json::to_vec(job).expect("a job always serializes"));
+        let ack = self.js.publish_with_headers(subject, headers, payload).await.map_err(err)?.await.map_err(err)?;
+        Ok(Enqueued { id: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    /// The number of a newer job for the same repository and ref, if one is queued or running.
+    pub async fn newer_job(&self, push: &PushRequest, id: u64) -> Result<Option<u64>, QueueError> {
+        match self.stream.get_last_raw_message_by_subject(&Self::job_subject(push)).await {
+            Ok(m) if m.sequence > id => Ok(Some(m.sequence)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// The shared durable consumer the workers pull from.
+    pub async fn consumer(&self) -> Result<consumer::PullConsumer, QueueError> {
+        self.stream
+            .get_or_create_consumer(
+                CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    description: Some("ci-service build workers".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.ack_wait,
+                    max_deliver: self.max_deliver,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(err)
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        self.ack_wait
+    }
+
+    pub fn max_deliver(&self) -> i64 {
+        self.max_deliver
+    }
+
+    pub async fn control(&self, notice: &Control) -> Result<(), QueueError> {
+        let payload = Bytes::from(serde_json::to_vec(notice).expect("a notice always serializes"));
+        self.js.client().publish(CONTROL_SUBJECT, payload).await.map_err(err)
+    }
+
+    pub async fn subscribe_control(&self) -> Result<async_nats::Subscriber, QueueError> {
+        self.js.client().subscribe(CONTROL_SUBJECT).await.map_err(err)
+    }
+}

@@ -1,0 +1,297 @@
+//! Build records (state, steps with timings, image, digest, failure reason), kept in a JetStream
+//! key-value bucket so that they survive a restart and every replica answers for every build.
+//! Records are keyed by build number (the job's sequence in the build queue).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::webhook::{PushRequest, RefKind, Source};
+
+pub const BUCKET: &str = "conveyor_ci_builds";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Deliberately not built (branch filter, `[skip ci]`).
+    Skipped,
+}
+
+impl BuildState {
+    pub fn is_finished(self) -> bool {
+        !matches!(self, BuildState::Queued | BuildState::Running)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub state: StepState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Set when the step ended.
+    pub duration_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// Build number: the job's sequence in the build queue.
+    pub id: u64,
+    pub app: String,
+    pub repo_url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub ref_kind: RefKind,
+    pub ref_name: String,
+    pub commit: String,
+    pub source: Source,
+    pub delivery: Option<String>,
+    pub state: BuildState,
+    pub steps: Vec<StepRecord>,
+    /// Image repository (`registry/name`), once known.
+    pub repository: Option<String>,
+    /// Tags given to the image: the short SHA, and the git tag for tag pushes.
+    pub tags: Vec<String>,
+    /// Registry digest, once pushed.
+    pub digest: Option<String>,
+    /// The published event's id and stream sequence.
+    pub event_id: Option<String>,
+    pub event_sequence: Option<u64>,
+    /// Why the build failed, was cancelled or skipped.
+    pub reason: Option<String>,
+    /// The replica that ran (or runs) it, and how many times it was started.
+    pub replica: Option<String>,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl BuildRecord {
+    pub fn queued(id: u64, push: &PushRequest, queued_at: OffsetDateTime) -> Self {
+        BuildRecord {
+            id,
+            app: push.app.clone(),
+            repo_url: push.repo_url.clone(),
+            git_ref: push.git_ref.clone(),
+            ref_kind: push.ref_kind,
+            ref_name: push.ref_name.clone(),
+            commit: push.commit.clone(),
+            source: push.source,
+            delivery: push.delivery.clone(),
+            state: BuildState::Queued,
+            steps: Vec::new(),
+            repository: None,
+            tags: Vec::new(),
+            digest: None,
+            event_id: None,
+            event_sequence: None,
+            reason: None,
+            replica: None,
+            attempts: 0,
+            queued_at,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    pub fn push_request(&self) -> PushRequest {
+        PushRequest {
+            app: self.app.clone(),
+            repo_url: self.repo_url.clone(),
+            git_ref: self.git_ref.clone(),
+            ref_kind: self.ref_kind,
+            ref_name: self.ref_name.clone(),
+            commit: self.commit.clone(),
+            source: self.source,
+            delivery: self.delivery.clone(),
+        }
+    }
+
+    /// `repository:tag` of the image's first tag.
+    pub fn image(&self) -> Option<String> {
+        Some(format!("{}:{}", self.repository.as_ref()?, self.tags.first()?))
+    }
+
+    /// The step that failed, if one did.
+    pub fn failed_step(&self) -> Option<&str> {
+        self.steps.iter().rev().find(|s| s.state == StepState::Failed).map(|s| s.name.as_str())
+    }
+
+    /// Whether the image push has started (from then on the build cannot be cancelled).
+    pub fn push_started(&self) -> bool {
+        self.steps.iter().any(|s| s.name == "push")
+    }
+
+    pub fn step_started(&mut self, name: &str) {
+        self.steps.push(StepRecord {
+            name: name.into(),
+            state: StepState::Running,
+            started_at: OffsetDateTime::now_utc(),
+            duration_ms: None,
+        });
+    }
+
+    pub fn step_finished(&mut self, name: &str, state: StepState) {
+        if let Some(step) = self.steps.iter_mut().rev().find(|s| s.name == name && s.state == StepState::Running) {
+            step.state = state;
+            step.duration_ms = Some((OffsetDateTime::now_utc() - step.started_at).whole_milliseconds().max(0) as u64);
+        }
+    }
+
+    /// Ends the build; steps still running are marked with the same end.
+    pub fn finish(&mut self, state: BuildState, reason: Option<String>) {
+        let step_state = match state {
+            BuildState::Cancelled => StepState::Cancelled,
+            BuildState::Succeeded => StepState::Succeeded,
+            _ => StepState::Failed,
+        };
+        let running: Vec<String> = self.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+        for name in running {
+            self.step_finished(&name, step_state);
+        }
+        self.state = state;
+        self.reason = reason;
+        self.finished_at = Some(OffsetDateTime::now_utc());
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("build records: {0}")]
+    Nats(String),
+    #[error("build record {id} is unreadable: {source}")]
+    Corrupt { id: u64, source: serde_json::Error },
+}
+
+fn nats(e: impl std::fmt::Display) -> RecordError {
+    RecordError::Nats(e.to_string())
+}
+
+/// The shared build records.
+#[derive(Clone)]
+pub struct Records {
+    kv: kv::Store,
+}
+
+impl Records {
+    /// Opens (or creates) the bucket; records older than `max_age` are dropped by the server.
+    pub async fn open(js: &jetstream::Context, max_age: Duration) -> Result<Self, RecordError> {
+        // The bucket's stream is created here with the key-value conventions, because
+        // `create_key_value` first asks for the account info, which it cannot parse from
+        // nats-server 2.9 (see PLATFORM.md); `get_key_value` then opens it as usual.
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some("Conveyor ci-service build records".into()),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+        let kv = js.get_key_value(BUCKET).await.map_err(nats)?;
+        Ok(Self { kv })
+    }
+
+    /// Stores a new record; false if one with that id exists (a worker was faster).
+    pub async fn create(&self, rec: &BuildRecord) -> Result<bool, RecordError> {
+        let value = Bytes::from(serde_json::to_vec(rec).expect("a build record always serializes"));
+        match self.kv.create(rec.id.to_string(), value).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    pub async fn put(&self, rec: &BuildRecord) -> Result<(), RecordError> {
+        let value = Bytes::from(serde_json::to_vec(rec).expect("a build record always serializes"));
+        self.kv.put(rec.id.to_string(), value).await.map_err(nats)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: u64) -> Result<Option<BuildRecord>, RecordError> {
+        match self.kv.get(id.to_string()).await.map_err(nats)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| RecordError::Corrupt { id, source }),
+        }
+    }
+
+    /// The newest `limit` records, newest first.
+    pub async fn list(&self, limit: usize) -> Result<Vec<BuildRecord>, RecordError> {
+        let mut ids: Vec<u64> = match self.kv.keys().await {
+            Ok(keys) => keys.try_collect::<Vec<String>>().await.map_err(nats)?.iter().filter_map(|k| k.parse().ok()).collect(),
+            Err(e) => return Err(nats(e)),
+        };
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = Vec::new();
+        for id in ids.into_iter().take(limit) {
+            if let Some(rec) = self.get(id).await? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> BuildRecord {
+        let push = PushRequest {
+            app: "web".into(),
+            repo_url: "/r.git".into(),
+            git_ref: "refs/heads/main".into(),
+            ref_kind: RefKind::Branch,
+            ref_name: "main".into(),
+            commit: "a".repeat(40),
+            source: Source::Generic,
+            delivery: None,
+        };
+        BuildRecord::queued(7, &push, OffsetDateTime::now_utc())
+    }
+
+    #[test]
+    fn steps_and_the_end_are_recorded() {
+        let mut r = rec();
+        r.step_started("checkout");
+        r.step_finished("checkout", StepState::Succeeded);
+        r.step_started("build");
+        assert!(!r.push_started());
+        r.finish(BuildState::Cancelled, Some("superseded by build 9".into()));
+        assert_eq!(
+            r.steps.iter().map(|s| (s.name.as_str(), s.state)).collect::<Vec<_>>(),
+            [("checkout", StepState::Succeeded), ("build", StepState::Cancelled)]
+        );
+        assert!(r.steps.iter().all(|s| s.duration_ms.is_some()) && r.state.is_finished());
+        let back: BuildRecord = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back.reason.as_deref(), Some("superseded by build 9"));
+    }
+}

@@ -1,0 +1,183 @@
+//! The forges' push webhooks, in their real payload shapes: GitHub (`X-Hub-Signature-256`),
+//! GitLab (`X-Gitlab-Token`), Gitea and Forgejo (bare-hex HMAC). Each verifies the sender for
+//! the pushed repository before it interprets anything, then yields the common [`Intake`].
+
+use serde::Deserialize;
+
+use super::{
+    app_from_repo_url, check_hmac, classify_ref, parse_json, signature, skips_ci, Intake, IntakeError, PushRequest, RefTarget, Source,
+};
+use crate::secrets::WebhookSecrets;
+
+#[derive(Debug, Deserialize)]
+struct Repository {
+    full_name: String,
+    name: String,
+    clone_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Commit {
+    id: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// GitHub and Gitea/Forgejo push payloads share this shape.
+#[derive(Debug, Deserialize)]
+struct HubPush {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repository,
+    #[serde(default)]
+    head_commit: Option<Commit>,
+}
+
+/// Any GitHub event: only the repository matters before it is authenticated.
+#[derive(Debug, Deserialize)]
+struct AnyHubEvent {
+    #[serde(default)]
+    repository: Option<Repository>,
+}
+
+fn push_request(
+    source: Source,
+    repo_name: &str,
+    clone_url: &str,
+    git_ref: &str,
+    after: &str,
+    deleted: bool,
+    head_message: Option<&str>,
+    delivery: Option<&str>,
+) -> Result<Intake, IntakeError> {
+    let (ref_kind, ref_name) = match classify_ref(git_ref, after, deleted)? {
+        RefTarget::Ignore(reason) => return Ok(Intake::Ignore(reason)),
+        RefTarget::Build { kind, name } => (kind, name),
+    };
+    if head_message.is_some_and(skips_ci) {
+        return Ok(Intake::Ignore("the head commit asks to skip CI".into()));
+    }
+    let app = app_from_repo_url(repo_name)
+        .ok_or_else(|| IntakeError::Invalid(format!("cannot derive an app name from repository {repo_name:?}")))?;
+    Ok(Intake::Build(PushRequest {
+        app,
+        repo_url: clone_url.to_string(),
+        git_ref: git_ref.to_string(),
+        ref_kind,
+        ref_name,
+        commit: after.to_string(),
+        source,
+        delivery: delivery.map(str::to_string),
+    }))
+}
+
+/// GitHub: `X-GitHub-Event` (`push`, `ping`), `X-Hub-Signature-256: sha256=<hex>`.
+pub fn github(
+    event: &str,
+    signature: Option<&str>,
+    delivery: Option<&str>,
+    body: &[u8],
+    secrets: &WebhookSecrets,
+) -> Result<Intake, IntakeError> {
+    hub(Source::Github, event, signature, delivery, body, secrets)
+}
+
+/// Gitea and Forgejo: `X-Gitea-Event`/`X-Forgejo-Event`, signature as bare hex.
+pub fn gitea(
+    event: &str,
+    signature: Option<&str>,
+    delivery: Option<&str>,
+    body: &[u8],
+    secrets: &WebhookSecrets,
+) -> Result<Intake, IntakeError> {
+    hub(Source::Gitea, event, signature, delivery, body, secrets)
+}
+
+fn hub(
+    source: Source,
+    event: &str,
+    signature: Option<&str>,
+    delivery: Option<&str>,
+    body: &[u8],
+    secrets: &WebhookSecrets,
+) -> Result<Intake, IntakeError> {
+    let any: AnyHubEvent = parse_json(body)?;
+    let names: Vec<&str> = match &any.repository {
+        Some(r) => vec![r.full_name.as_str(), r.clone_url.as_str()],
+        None => vec!["(no repository in payload)"],
+    };
+    check_hmac(secrets, &names, signature, body)?;
+    match event {
+        "ping" => Ok(Intake::Pong),
+        "push" => {
+            let p: HubPush = parse_json(body)?;
+            let message = p.head_commit.as_ref().filter(|c| c.id == p.after).map(|c| c.message.as_str());
+            push_request(source, &p.repository.name, &p.repository.clone_url, &p.git_ref, &p.after, p.deleted, message, delivery)
+        }
+        other => Ok(Intake::Ignore(format!("{other} events are not built"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct GitlabProject {
+    path_with_namespace: String,
+    #[serde(default)]
+    name: Option<String>,
+    git_http_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct GitlabAny {
+    #[serde(default)]
+    project: Option<GitlabProject>,
+}
+
+#[derive(Debug, Deserialize)]
+struct GitlabPush {
+    object_kind: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    project: GitlabProject,
+    #[serde(default)]
+    commits: Vec<Commit>,
+}
+
+/// GitLab: `X-Gitlab-Event` (`Push Hook`, `Tag Push Hook`), the secret token sent as is in
+/// `X-Gitlab-Token`.
+pub fn gitlab(
+    event: &str,
+    token: Option<&str>,
+    delivery: Option<&str>,
+    body: &[u8],
+    secrets: &WebhookSecrets,
+) -> Result<Intake, IntakeError> {
+    let any: GitlabAny = parse_json(body)?;
+    let names: Vec<&str> = match &any.project {
+        Some(p) => vec![p.path_with_namespace.as_str(), p.git_http_url.as_str()],
+        None => vec!["(no project in payload)"],
+    };
+    let allowed = secrets.for_repo(&names);
+    match token {
+        None if allowed.is_empty() && secrets.allow_unsigned => {}
+        None => return Err(IntakeError::Unauthorized(format!("missing X-Gitlab-Token for project {}", names[0]))),
+        Some(_) if allowed.is_empty() => {
+            return Err(IntakeError::Unauthorized(format!("no webhook secret is configured for project {}", names[0])))
+        }
+        Some(t) if signature::verify_token(allowed, t) => {}
+        Some(_) => return Err(IntakeError::Unauthorized(format!("X-Gitlab-Token does not match for project {}", names[0]))),
+    }
+    if event != "Push Hook" && event != "Tag Push Hook" {
+        return Ok(Intake::Ignore(format!("GitLab {event:?} events are not built")));
+    }
+    let p: GitlabPush = parse_json(body)?;
+    if p.object_kind != "push" && p.object_kind != "tag_push" {
+        return Ok(Intake::Ignore(format!("GitLab {} events are not built", p.object_kind)));
+    }
+    let message = p.commits.iter().find(|c| c.id == p.after).map(|c| c.message.as_str());
+    let name = p.project.name.as_deref().unwrap_or(&p.project.path_with_namespace);
+    push_request(Source::Gitlab, name, &p.project.git_http_url, &p.git_ref, &p.after, false, message, delivery)
+}

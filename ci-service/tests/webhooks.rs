@@ -1,0 +1,268 @@
+//! Every trigger format against the real service (webhook intake answers at once and queues; an
+//! API-only replica with no workers shows what was queued): GitHub, GitLab, Gitea and Forgejo
+//! in their real payload shapes, and the generic push. Valid ones queue one build; a bad or
+//! missing signature is 401 and queues nothing; malformed bodies get JSON 4xx errors; pings,
+//! deletions and `[skip ci]` are answered and ignored; redeliveries start no second build;
+//! several secrets per repository work at once so a secret can be rotated.
+
+mod common;
+
+use std::path::Path;
+
+use ci_service::{secrets::Secret, webhook::signature, App, Config, StartError};
+use common::{sign, Ci, SECRET};
+use conveyor_testkit::{TestNats, TestRegistry};
+use serde_json::{json, Value};
+
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks").join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// An API-only replica (no workers): what is queued stays queued for the test to inspect.
+async fn intake_only(nats: &TestNats, registry: &TestRegistry, adjust: impl FnOnce(&mut Config)) -> Ci {
+    Ci::start(nats, &registry.addr, |cfg| {
+        cfg.workers = 0;
+        adjust(cfg);
+    })
+    .await
+}
+
+fn json_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut h = vec![("content-type".to_string(), "application/json".to_string())];
+    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    h
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"], want_code, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_push_ping_bad_signature_and_malformed_body() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |_| {}).await;
+
+    let mut push = fixture("github-push.json");
+    push["after"] = json!(SHA);
+    push["head_commit"]["id"] = json!(SHA);
+    let body = serde_json::to_vec(&push).unwrap();
+    let h = |event: &str, sig: &str, delivery: &str| {
+        json_headers(&[("x-github-event", event), ("x-hub-signature-256", sig), ("x-github-delivery", delivery)])
+    };
+
+    let (status, answer) = ci.post("/hooks/push", &h("push", &sign(&body), "d-1"), body.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["build_id"].as_u64().unwrap();
+    let build = ci.build(id).await;
+    assert_eq!(
+        (build["state"].as_str(), build["source"].as_str(), build["app"].as_str(), build["commit"].as_str()),
+        (Some("queued"), Some("github"), Some("busybox-app"), Some(SHA))
+    );
+    assert_eq!(build["repo_url"], "https://github.com/octo-org/busybox-app.git");
+    assert_eq!(build["delivery"], "d-1");
+
+    // GitHub redelivers the same delivery: no second build, the first one's number comes back.
+    let (status, again) = ci.post("/hooks/push", &h("push", &sign(&body), "d-1"), body.clone()).await;
+    assert_eq!((status, again["build_id"].as_u64(), again["duplicate"].as_bool()), (200, Some(id), Some(true)), "{again}");
+
+    // A wrong signature, a signature over other bytes, no signature: 401, nothing queued.
+    let wrong = format!("sha256={}", signature::sign(&Secret::new("not-the-secret"), &body));
+    let (status, answer) = ci.post("/hooks/push", &h("push", &wrong, "d-2"), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post("/hooks/push", &h("push", &sign(b"other"), "d-3"), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-github-event", "push")]), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+
+    // Ping: answered. Malformed JSON and a payload of the wrong shape: 4xx with a JSON error.
+    let ping = serde_json::to_vec(&fixture("github-ping.json")).unwrap();
+    let (status, answer) = ci.post("/hooks/push", &h("ping", &sign(&ping), "d-4"), ping).await;
+    assert_eq!((status, answer["pong"].as_bool()), (200, Some(true)), "{answer}");
+    let (status, answer) = ci.post("/hooks/push", &h("push", &sign(b"{\"ref\":"), "d-5"), b"{\"ref\":".to_vec()).await;
+    assert_error(status, &answer, 400, "malformed_json");
+    let shape = br#"{"ref": "refs/heads/main", "after": 7, "repository": {"full_name": "octo-org/busybox-app", "name": "busybox-app", "clone_url": "x"}}"#;
+    let (status, answer) = ci.post("/hooks/push", &h("push", &sign(shape), "d-6"), shape.to_vec()).await;
+    assert_error(status, &answer, 422, "invalid_payload");
+    assert!(answer["message"].as_str().unwrap().contains("after"), "names the field: {answer}");
+
+    // Deleting the branch and a [skip ci] head commit are acknowledged and not built.
+    let mut deleted = fixture("github-push.json");
+    deleted["after"] = json!("0".repeat(40));
+    deleted["deleted"] = json!(true);
+    let deleted = serde_json::to_vec(&deleted).unwrap();
+    let (status, answer) = ci.post("/hooks/push", &h("push", &sign(&deleted), "d-7"), deleted).await;
+    assert_eq!((status, answer["ignored"].as_str()), (200, Some("branch deletion")));
+    let mut skip = fixture("github-push.json");
+    skip["head_commit"]["message"] = json!("docs: fix typo [skip ci]");
+    let skip = serde_json::to_vec(&skip).unwrap();
+    let (status, answer) = ci.post("/hooks/push", &h("push", &sign(&skip), "d-8"), skip).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["ignored"].as_str().unwrap().contains("skip CI"));
+
+    let builds = ci.builds().await;
+    assert_eq!(builds.len(), 1, "only the one valid push was queued: {builds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitlab_token_push_tag_push_and_refusals() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |_| {}).await;
+    let mut push = fixture("gitlab-push.json");
+    push["after"] = json!(SHA);
+    push["checkout_sha"] = json!(SHA);
+    push["commits"][0]["id"] = json!(SHA);
+    let body = serde_json::to_vec(&push).unwrap();
+    let h =
+        |event: &str, token: &str| json_headers(&[("x-gitlab-event", event), ("x-gitlab-token", token), ("x-gitlab-event-uuid", "u-1")]);
+
+    let (status, answer) = ci.post("/hooks/push", &h("Push Hook", SECRET), body.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["source"].as_str(), build["ref_name"].as_str()), (Some("gitlab"), Some("main")));
+    assert_eq!(build["repo_url"], "http://gitlab.example.com/mike/busybox-app.git");
+
+    let mut tag = push.clone();
+    tag["object_kind"] = json!("tag_push");
+    tag["ref"] = json!("refs/tags/v1.4.0");
+    let tag = serde_json::to_vec(&tag).unwrap();
+    let (status, answer) = ci.post("/hooks/push", &h("Tag Push Hook", SECRET), tag).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["ref_kind"].as_str(), build["ref_name"].as_str()), (Some("tag"), Some("v1.4.0")));
+
+    let (status, answer) = ci.post("/hooks/push", &h("Push Hook", "wrong-token"), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-gitlab-event", "Push Hook")]), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post("/hooks/push", &h("Push Hook", SECRET), b"{\"object_kind\": ".to_vec()).await;
+    assert_error(status, &answer, 400, "malformed_json");
+    let (status, answer) = ci
+        .post(
+            "/hooks/push",
+            &h("Push Hook", SECRET),
+            br#"{"object_kind": "push", "project": {"path_with_namespace": "mike/busybox-app", "git_http_url": "x"}}"#.to_vec(),
+        )
+        .await;
+    assert_error(status, &answer, 422, "invalid_payload");
+    let (status, answer) = ci.post("/hooks/push", &h("Issue Hook", SECRET), body).await;
+    assert_eq!(status, 200, "other events are acknowledged: {answer}");
+    assert_eq!(ci.builds().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gitea_and_forgejo_bare_hex_signatures_with_rotated_per_repo_secrets() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets_file = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets_file, "repos:\n  gitea/busybox-app: [new-gitea-secret, old-gitea-secret]\n").unwrap();
+    let ci = intake_only(&nats, &registry, |cfg| {
+        cfg.webhook_secrets = vec![];
+        cfg.webhook_secrets_file = Some(secrets_file.clone());
+    })
+    .await;
+    let bare_hex = |secret: &str, body: &[u8]| signature::sign(&Secret::new(secret), body);
+
+    for (i, (event_header, sig_header, secret)) in
+        [("x-gitea-event", "x-gitea-signature", "old-gitea-secret"), ("x-forgejo-event", "x-forgejo-signature", "new-gitea-secret")]
+            .into_iter()
+            .enumerate()
+    {
+        let mut push = fixture("gitea-push.json");
+        let sha = format!("{}{i}", &SHA[..39]);
+        push["after"] = json!(sha);
+        push["head_commit"]["id"] = json!(sha);
+        let body = serde_json::to_vec(&push).unwrap();
+        let headers = json_headers(&[(event_header, "push"), (sig_header, &bare_hex(secret, &body))]);
+        let (status, answer) = ci.post("/hooks/push", &headers, body.clone()).await;
+        assert_eq!(status, 202, "{event_header} signed with {secret}: {answer}");
+        assert_eq!(ci.build(answer["build_id"].as_u64().unwrap()).await["source"], "gitea");
+
+        // The secret of another repository (or the global test secret) does not sign this one.
+        let headers = json_headers(&[(event_header, "push"), (sig_header, &bare_hex(SECRET, &body))]);
+        let (status, answer) = ci.post("/hooks/push", &headers, body).await;
+        assert_error(status, &answer, 401, "unauthorized");
+    }
+    let headers = json_headers(&[("x-gitea-event", "push"), ("x-gitea-signature", &bare_hex("new-gitea-secret", b"{oops"))]);
+    let (status, answer) = ci.post("/hooks/push", &headers, b"{oops".to_vec()).await;
+    assert_error(status, &answer, 400, "malformed_json");
+    // A repository without any secret is refused: nothing may trigger builds unsigned.
+    let mut other = fixture("gitea-push.json");
+    other["repository"]["full_name"] = json!("gitea/other");
+    let body = serde_json::to_vec(&other).unwrap();
+    let headers = json_headers(&[("x-gitea-event", "push"), ("x-gitea-signature", &bare_hex("new-gitea-secret", &body))]);
+    let (status, answer) = ci.post("/hooks/push", &headers, body).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    assert_eq!(ci.builds().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generic_push_bad_requests_and_the_same_commit_pushed_twice() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |_| {}).await;
+    let push = json!({ "repo_url": "/srv/git/web.git", "ref": "refs/heads/main", "commit": SHA });
+    let (status, first) = ci.push(push.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, second) = ci.push(push.clone()).await;
+    assert_eq!((status, second["duplicate"].as_bool()), (200, Some(true)));
+    assert_eq!(first["build_id"], second["build_id"], "the same commit pushed twice is one build");
+
+    let post = |body: Vec<u8>, ct: &'static str, sig: bool| {
+        let mut headers = vec![("content-type", ct.to_string())];
+        if sig {
+            headers.push(("x-conveyor-signature-256", sign(&body)));
+        }
+        let ci = &ci;
+        async move { ci.post("/hooks/push", &headers, body).await }
+    };
+    let unsigned = serde_json::to_vec(&json!({ "repo_url": "/srv/git/web.git", "ref": "refs/heads/dev", "commit": SHA })).unwrap();
+    let (status, answer) = post(unsigned, "application/json", false).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = post(b"{not json".to_vec(), "application/json", true).await;
+    assert_error(status, &answer, 400, "malformed_json");
+    let (status, answer) = post(b"{}".to_vec(), "text/plain", true).await;
+    assert_error(status, &answer, 415, "unsupported_media_type");
+    let (status, answer) = post(b"payload=%7B%7D".to_vec(), "application/x-www-form-urlencoded", true).await;
+    assert_error(status, &answer, 415, "unsupported_media_type");
+    let (status, answer) = post(br#"{"repo_url":"/x.git"}"#.to_vec(), "application/json", true).await;
+    assert_error(status, &answer, 422, "invalid_payload");
+    let (status, answer) =
+        post(br#"{"repo_url":"/x.git","ref":"refs/heads/main","commit":"abc"}"#.to_vec(), "application/json", true).await;
+    assert_error(status, &answer, 422, "invalid_payload");
+    let (status, answer) = post(vec![b' '; 2 * 1024 * 1024], "application/json", true).await;
+    assert_error(status, &answer, 413, "body_too_large");
+    for path in ["/builds/nope", "/builds/999999"] {
+        let resp = reqwest::get(ci.url(path)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 404);
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"], "build_not_found");
+    }
+    assert_eq!(ci.builds().await.len(), 1, "none of the refused requests queued anything");
+    assert_eq!(reqwest::get(ci.url("/healthz")).await.unwrap().status().as_u16(), 200, "still serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_at_all_refuses_to_start_unless_unsigned_is_explicit() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let mut cfg = Config::defaults();
+    cfg.nats_url = nats.url.clone();
+    cfg.registry = registry.addr.clone();
+    cfg.workdir = tempfile::tempdir().unwrap().keep();
+    cfg.workers = 0;
+    let refused = App::connect(cfg.clone()).await.err().expect("no secret: refused");
+    assert!(matches!(refused, StartError::NoWebhookSecret), "{refused}");
+    assert!(refused.to_string().contains("--allow-unsigned-webhooks"));
+
+    let ci = Ci::start(&nats, &registry.addr, |c| {
+        c.webhook_secrets = vec![];
+        c.allow_unsigned_webhooks = true;
+        c.workers = 0;
+    })
+    .await;
+    let body = serde_json::to_vec(&json!({ "repo_url": "/srv/git/web.git", "ref": "refs/heads/main", "commit": SHA })).unwrap();
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[]), body).await;
+    assert_eq!(status, 202, "unsigned accepted after the explicit opt-out: {answer}");
+}
