@@ -11,13 +11,10 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context};
+use conveyor_benches::{env_num, percentile, rss_kib};
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
 use conveyor_testkit::{BareRepo, ChildGuard, TestNats, WorkClone};
 use time::OffsetDateTime;
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn repository(app: usize) -> String {
     format!("registry.example.test/team/app{app:03}")
@@ -109,16 +106,6 @@ async fn wait_consumer_exists(nats: &TestNats) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("cd-service did not create its consumer")
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 /// Event ids in the trailers of the commits between `from` (exclusive) and `to`.

@@ -145,15 +145,15 @@ impl App {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let App { state, consumer, control } = self;
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let workers = consumer.map(|c| tokio::spawn(worker::run(state.clone(), c, stopped.clone())));
-        let notices = tokio::spawn(worker::control(state.clone(), control));
+        // Owned here: if this future is dropped, its workers and their builds go with it.
+        let workers = consumer.map(|c| worker::AbortOnDrop(tokio::spawn(worker::run(state.clone(), c, stopped.clone()))));
+        let _notices = worker::AbortOnDrop(tokio::spawn(worker::control(state.clone(), control)));
         tracing::info!(addr = %listener.local_addr()?, replica = %state.replica, workers = state.config.workers, "ci-service listening");
         let result = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown).await;
         let _ = stop.send(true);
-        if let Some(w) = workers {
-            let _ = w.await;
+        if let Some(mut w) = workers {
+            let _ = (&mut w.0).await;
         }
-        notices.abort();
         result
     }
 }

@@ -70,16 +70,17 @@ async fn handle(state: Arc<AppState>, message: async_nats::jetstream::Message) {
     let message = Arc::new(message);
     let beat = message.clone();
     let every = state.queue.ack_wait() / 3;
-    let heartbeat = tokio::spawn(async move {
+    // Aborted when this job ends, or when the worker itself is torn down mid-build.
+    let heartbeat = AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = beat.ack_with(AckKind::Progress).await {
                 tracing::warn!(error = %e, "progress ack failed");
             }
         }
-    });
+    }));
     build::run_job(state, id, job, delivered).await;
-    heartbeat.abort();
+    drop(heartbeat);
     for attempt in 1..=3 {
         match message.double_ack().await {
             Ok(()) => return,
@@ -88,6 +89,15 @@ async fn handle(state: Arc<AppState>, message: async_nats::jetstream::Message) {
                 tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
         }
+    }
+}
+
+/// A task that dies with its owner.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -161,3 +161,45 @@ async fn tag_pushes_build_a_tag_named_image_and_skips_are_recorded() {
     assert_eq!((build["state"].as_str(), steps(&build)), (Some("skipped"), vec!["checkout".to_string()]));
     assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1, "only the tag build published");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_credentials_are_used_and_masked_everywhere() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let password = format!("reg-pass-{}", uuid::Uuid::now_v7().simple());
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start_with_login("ci-bot", &password).await);
+    let dir = tempfile::tempdir().unwrap();
+    // A test suite that prints the secret, as careless scripts do.
+    let (bare, work, commit) = app_repo(dir.path(), &[(".conveyor.yml", &format!("test: echo token={password}\n"))]);
+
+    let password_file = dir.path().join("registry-password");
+    std::fs::write(&password_file, format!("{password}\n")).unwrap();
+    let ci = Ci::start(&nats, &registry.addr, |c| {
+        c.registry_username = Some("ci-bot".into());
+        c.registry_password_file = Some(password_file.clone());
+    })
+    .await;
+    let id = ci.push_commit(&bare, "refs/heads/main", &commit).await;
+    let build = ci.wait_finished(id).await;
+    assert_eq!(build["state"], "succeeded", "{build}");
+    assert!(registry.manifest_digest("busybox-app", &commit[..12]).await.is_some(), "pushed with the login");
+    let logs = ci.logs(id).await;
+    assert!(logs.contains("token=***") && !logs.contains(&password), "masked in the log:\n{logs}");
+
+    // A wrong password: the push fails, and neither record nor log shows the secret. (The
+    // first replica leaves first: it shares the queue and would take the job.)
+    ci.shutdown().await;
+    let wrong = format!("wrong-pass-{}", uuid::Uuid::now_v7().simple());
+    let ci = Ci::start(&nats, &registry.addr, |c| {
+        c.registry_username = Some("ci-bot".into());
+        c.registry_password = Some(ci_service::secrets::Secret::new(&wrong));
+        c.step_attempts = 1;
+    })
+    .await;
+    work.push_tag("v9");
+    let id = ci.push_commit(&bare, "refs/tags/v9", &commit).await;
+    let build = ci.wait_finished(id).await;
+    assert_eq!(build["state"], "failed", "{build}");
+    assert!(build["reason"].as_str().unwrap().starts_with("push:"), "{build}");
+    let everything = format!("{build}{}{}", ci.logs(id).await, serde_json::to_string(&ci.builds().await).unwrap());
+    assert!(!everything.contains(&wrong), "{everything}");
+}

@@ -54,6 +54,14 @@ impl Ci {
         Ci { addr, replica, stop: Some(stop), done: Some(done), _workdir: workdir }
     }
 
+    /// Tears the replica down at once, running builds and all, as if its process died.
+    pub fn kill(mut self) {
+        drop(self.stop.take());
+        if let Some(done) = self.done.take() {
+            done.abort();
+        }
+    }
+
     /// Stops taking work and waits until running builds ended.
     pub async fn shutdown(mut self) {
         drop(self.stop.take());

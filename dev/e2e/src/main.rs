@@ -93,13 +93,13 @@ fn print_build(b: &serde_json::Value) {
             s["duration_ms"].as_u64().unwrap_or(0)
         );
     }
-    if let Some(image) = b["image"].as_str() {
-        println!("  image  {image}");
+    if let (Some(repository), Some(tag)) = (b["repository"].as_str(), b["tags"][0].as_str()) {
+        println!("  image  {repository}:{tag}");
     }
     if let Some(digest) = b["digest"].as_str() {
         println!("  digest {digest}");
     }
-    if let Some(reason) = b["failure"].as_str() {
+    if let Some(reason) = b["reason"].as_str() {
         println!("  reason {reason}");
     }
 }

@@ -21,6 +21,9 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
     let logs = stack.build_logs(&build).await.unwrap();
     assert_eq!(build["state"], "succeeded", "{build}\n{logs}");
     assert!(logs.contains("2 passed"), "pytest ran the app's two tests in the image:\n{logs}");
+    let steps: Vec<&str> = build["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["checkout", "build", "test", "smoke", "push", "publish"], "the app's .conveyor.yml smoke test ran");
+    assert!(logs.contains("[smoke]") && logs.contains("GET /healthz"), "the Flask app served the smoke checks:\n{logs}");
 
     let tag = &commit[..12];
     let digest = stack.registry.manifest_digest(APP, tag).await.expect("the image is in the registry");
@@ -56,7 +59,7 @@ async fn a_push_whose_tests_fail_publishes_nothing_and_changes_no_manifest() {
     let build = stack.wait_build(&commit, BUILD_LIMIT).await.unwrap();
     let logs = stack.build_logs(&build).await.unwrap();
     assert_eq!(build["state"], "failed", "{logs}");
-    assert!(build["failure"].as_str().unwrap().starts_with("test:"), "{build}");
+    assert!(build["reason"].as_str().unwrap().starts_with("test:"), "{build}");
     assert!(logs.contains("1 failed"), "pytest's failure is in the build log:\n{logs}");
     assert!(stack.nats.stream_messages(EVENTS_STREAM).await.is_empty(), "no event for a red build");
     assert_eq!(stack.registry.manifest_digest(APP, &commit[..12]).await, None, "nothing pushed");

@@ -1,0 +1,221 @@
+//! How builds run, against the real dockerd, registry and NATS: two replicas share one queue and
+//! no build runs twice; a replica that dies mid-build hands its job to the other; a newer push
+//! cancels the older build of its branch; cancel by request; a step over its time limit fails
+//! and leaves no container; logs stream live over Server-Sent Events; a failed registry push is
+//! retried by hand without rebuilding.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::{app_repo, steps, Ci};
+use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
+use conveyor_testkit::{docker::BUSYBOX_IMAGE, BareRepo, TestDocker, TestNats, TestRegistry, WorkClone};
+use serde_json::Value;
+
+/// A Dockerfile whose build runs `sleep <secs>` with a unique marker in the command line.
+fn slow_dockerfile(secs: u32, marker: &str) -> String {
+    format!("FROM conveyor/busybox:latest\nRUN sleep {secs} && echo {marker}\nCOPY . /app\nWORKDIR /app\n")
+}
+
+async fn wait_step(ci: &Ci, id: u64, step: &str) -> Value {
+    ci.wait_for(id, &format!("step {step} running"), |b| {
+        b["steps"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == step && s["state"] == "running"))
+    })
+    .await
+}
+
+/// Commits `files` on main and pushes; returns the commit.
+fn commit(work: &WorkClone, files: &[(&str, &str)], message: &str) -> String {
+    for (path, content) in files {
+        work.write(path, content);
+    }
+    let c = work.commit_all(message);
+    work.push();
+    c
+}
+
+async fn no_container_with(marker: &str) {
+    conveyor_testkit::wait_until("the build containers to be gone", Duration::from_secs(20), || async {
+        TestDocker::containers_running_command_with(marker).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_the_queue_and_no_build_runs_twice() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let keep_all = |c: &mut ci_service::Config| c.cancel_superseded = false;
+    let (a, b) = (Ci::start(&nats, &registry.addr, keep_all).await, Ci::start(&nats, &registry.addr, keep_all).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, work, first) = app_repo(dir.path(), &[]);
+    let mut ids = vec![a.push_commit(&bare, "refs/heads/main", &first).await];
+    for i in 2..=6 {
+        let c = commit(&work, &[("VERSION", &i.to_string())], &format!("v{i}"));
+        let via = if i % 2 == 0 { &b } else { &a };
+        ids.push(via.push_commit(&bare, "refs/heads/main", &c).await);
+    }
+    let mut replicas = HashSet::new();
+    for id in &ids {
+        let build = a.wait_finished(*id).await;
+        assert_eq!(build["state"], "succeeded", "{build}");
+        assert_eq!(build["attempts"], 1, "built once: {build}");
+        assert_eq!(a.logs(*id).await.matches("[conveyor] step build").count(), 1);
+        replicas.insert(build["replica"].as_str().unwrap().to_string());
+    }
+    assert_eq!(replicas, HashSet::from([a.replica.clone(), b.replica.clone()]), "both replicas took work");
+    let events: Vec<ImageBuilt> =
+        nats.stream_messages(EVENTS_STREAM).await.iter().map(|(_, p)| ImageBuilt::from_json(p).unwrap()).collect();
+    let built: HashSet<String> = events.iter().map(|e| e.build_id.clone()).collect();
+    assert_eq!((events.len(), built.len()), (6, 6), "one event per build, none twice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_dies_mid_build_leaves_its_job_to_another() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let short_lease = |c: &mut ci_service::Config| c.ack_wait_secs = 3;
+    let doomed = Ci::start(&nats, &registry.addr, short_lease).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("marker-{}", uuid::Uuid::now_v7().simple());
+    let (bare, _work, c) = app_repo(dir.path(), &[("Dockerfile", &slow_dockerfile(4, &marker))]);
+    let id = doomed.push_commit(&bare, "refs/heads/main", &c).await;
+    wait_step(&doomed, id, "build").await;
+    let dead = doomed.replica.clone();
+    doomed.kill();
+
+    let survivor = Ci::start(&nats, &registry.addr, short_lease).await;
+    let build = survivor.wait_for(id, "handed over and finished", |b| b["state"] == "succeeded" && b["attempts"] == 2).await;
+    assert_eq!(build["replica"].as_str(), Some(survivor.replica.as_str()), "the other replica finished it (not {dead})");
+    assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_push_cancels_the_older_build_of_its_branch_and_cancel_by_request() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("marker-{}", uuid::Uuid::now_v7().simple());
+    let (bare, work, slow) = app_repo(dir.path(), &[("Dockerfile", &slow_dockerfile(60, &marker))]);
+    let old = ci.push_commit(&bare, "refs/heads/main", &slow).await;
+    wait_step(&ci, old, "build").await;
+
+    let fast = commit(&work, &[("Dockerfile", "FROM conveyor/busybox:latest\nCOPY . /app\nWORKDIR /app\n")], "fast build");
+    let new = ci.push_commit(&bare, "refs/heads/main", &fast).await;
+    let cancelled = ci.wait_finished(old).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    assert_eq!(cancelled["reason"], format!("superseded by build {new} of the same branch"));
+    assert_eq!(cancelled["steps"].as_array().unwrap().last().unwrap()["state"], "cancelled");
+    assert_eq!(ci.wait_finished(new).await["state"], "succeeded");
+    no_container_with(&marker).await;
+    let events = nats.stream_messages(EVENTS_STREAM).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(ImageBuilt::from_json(&events[0].1).unwrap().source.commit, fast, "only the newer commit was published");
+
+    // Cancel by request: a running build stops; an ended one cannot be cancelled again.
+    let marker2 = format!("marker-{}", uuid::Uuid::now_v7().simple());
+    let slow2 = commit(&work, &[("Dockerfile", &slow_dockerfile(60, &marker2))], "slow again");
+    let id = ci.push_commit(&bare, "refs/heads/main", &slow2).await;
+    wait_step(&ci, id, "build").await;
+    let (status, body) = ci.post(&format!("/builds/{id}/cancel"), &[("content-type", "application/json")], vec![]).await;
+    assert_eq!(status, 202, "{body}");
+    let build = ci.wait_finished(id).await;
+    assert_eq!((build["state"].as_str(), build["reason"].as_str()), (Some("cancelled"), Some("cancelled by request")));
+    let (status, body) = ci.post(&format!("/builds/{id}/cancel"), &[("content-type", "application/json")], vec![]).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("already_finished")));
+    no_container_with(&marker2).await;
+    assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_over_its_time_limit_fails_and_leaves_no_container() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, _work, c) = app_repo(dir.path(), &[(".conveyor.yml", "test: echo started; sleep 60\ntimeouts: { test: 2 }\n")]);
+    let id = ci.push_commit(&bare, "refs/heads/main", &c).await;
+    let build = ci.wait_finished(id).await;
+    assert_eq!(build["state"], "failed");
+    assert_eq!(build["reason"], "test: test timed out after 2 s");
+    assert!(build["steps"][2]["duration_ms"].as_u64().unwrap() < 10_000, "stopped at the limit: {build}");
+    assert!(TestDocker::containers_labelled("io.conveyor.replica", &ci.replica).is_empty(), "the test container was removed");
+    assert!(nats.stream_messages(EVENTS_STREAM).await.is_empty());
+}
+
+/// Reads Server-Sent Events until the stream ends; returns (event, data) pairs and, for each,
+/// the build state seen when it arrived.
+async fn read_sse(ci: &Ci, id: u64) -> Vec<(String, String, String)> {
+    let mut resp =
+        reqwest::Client::new().get(ci.url(&format!("/builds/{id}/logs"))).header("accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (mut buf, mut out) = (String::new(), Vec::new());
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), resp.chunk()).await.expect("events keep coming").unwrap() {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let event = block.lines().find_map(|l| l.strip_prefix("event: ")).unwrap_or("message").to_string();
+            let data: Vec<&str> = block.lines().filter_map(|l| l.strip_prefix("data: ").or(l.strip_prefix("data:"))).collect();
+            if data.is_empty() {
+                continue; // keep-alive comment
+            }
+            let state = ci.build(id).await["state"].as_str().unwrap_or("").to_string();
+            out.push((event, data.join("\n"), state));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_stream_live_over_sse_until_the_build_ends() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, _work, c) = app_repo(dir.path(), &[(".conveyor.yml", "test: echo line-1; sleep 2; echo line-2; sleep 2; echo line-3\n")]);
+    let id = ci.push_commit(&bare, "refs/heads/main", &c).await;
+    let events = read_sse(&ci, id).await;
+
+    let first = events.iter().find(|(_, data, _)| data.contains("line-1")).expect("line-1 streamed");
+    assert_eq!(first.2, "running", "line-1 arrived while the build was still running");
+    let text: String = events.iter().filter(|(e, _, _)| e == "log").map(|(_, d, _)| format!("{d}\n")).collect();
+    let (p1, p3) = (text.find("line-1").unwrap(), text.find("line-3").expect("line-3 streamed"));
+    assert!(p1 < p3, "in order");
+    let last = events.last().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("end", "succeeded"), "the stream ends with the build");
+    // The plain-text log holds the same lines, and a finished build's stream replays and ends.
+    assert!(ci.logs(id).await.contains("line-3"));
+    let replay = read_sse(&ci, id).await;
+    assert!(replay.iter().any(|(_, d, _)| d.contains("line-2")) && replay.last().unwrap().0 == "end");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_registry_push_is_retried_by_hand_without_rebuilding() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, mut registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = Ci::start(&nats, &registry.addr, |c| c.step_attempts = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, _work, c) = app_repo(dir.path(), &[]);
+    registry.stop();
+    let id = ci.push_commit(&bare, "refs/heads/main", &c).await;
+    let failed = ci.wait_finished(id).await;
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["reason"].as_str().unwrap().starts_with("push:"), "{failed}");
+    assert!(ci.logs(id).await.contains("push attempt 1 of 2 failed"), "the push was retried on its own first");
+    assert!(nats.stream_messages(EVENTS_STREAM).await.is_empty());
+
+    registry.restart().await;
+    let (status, body) = ci.post(&format!("/builds/{id}/retry"), &[("content-type", "application/json")], vec![]).await;
+    assert_eq!(status, 202, "{body}");
+    let build = ci.wait_for(id, "retried", |b| b["state"] == "succeeded" || (b["state"] == "failed" && b["attempts"] == 2)).await;
+    assert_eq!(build["state"], "succeeded", "{build}\n{}", ci.logs(id).await);
+    assert_eq!(steps(&build), ["checkout", "build", "test", "push", "push", "publish"], "nothing was rebuilt");
+    assert_eq!(registry.manifest_digest("busybox-app", &c[..12]).await.as_deref(), build["digest"].as_str());
+    assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1);
+
+    // Only a build that failed at push or publish can be retried that way.
+    let (status, body) = ci.post(&format!("/builds/{id}/retry"), &[("content-type", "application/json")], vec![]).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("not_retryable")));
+}
