@@ -37,7 +37,7 @@ async fn start_ci(bin: &Path, nats: &TestNats, registry: &str, workers: u16, dir
         .env("CONVEYOR_WORKERS", workers.to_string())
         .env("CONVEYOR_WEBHOOK_SECRET", SECRET)
         .env("CONVEYOR_TEST_COMMAND", "sh /app/run-tests.sh")
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", std::env::var("BENCH_CI_LOG").unwrap_or_else(|_| "info".into()))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -147,20 +147,23 @@ async fn main() -> anyhow::Result<()> {
         let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
         handles.push(tokio::spawn(async move {
             let (body, sig) = &bodies[i];
+            let sent = tokio::time::Instant::now();
             let ok = matches!(send(&client, &url, body, sig).await, Ok(202));
-            (ok, due.elapsed())
+            (ok, sent.elapsed(), due.elapsed())
         }));
     }
-    let (mut open_lat, mut open_refused) = (Vec::with_capacity(n), 0);
+    let (mut open_lat, mut open_sched, mut open_refused) = (Vec::with_capacity(n), Vec::with_capacity(n), 0);
     for h in handles {
-        let (ok, l) = h.await?;
+        let (ok, l, from_due) = h.await?;
         if ok {
-            open_lat.push(l)
+            open_lat.push(l);
+            open_sched.push(from_due);
         } else {
             open_refused += 1
         }
     }
     open_lat.sort();
+    open_sched.sort();
     let achieved = open_lat.len() as f64 / (Instant::now() - begin.into_std()).as_secs_f64().max(open_secs as f64);
 
     // Every accepted webhook is one queued job.
@@ -220,12 +223,18 @@ async fn main() -> anyhow::Result<()> {
         verdict(throughput >= 5000.0 && refused == 0)
     );
     println!(
-        "| accept latency at {rate} req/s for {open_secs} s ({} accepted, {open_refused} refused, {achieved:.0} req/s achieved) | p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms | p99 < 5 ms: {} |",
+        "| accept latency at {rate} req/s for {open_secs} s, request sent -> answer ({} accepted, {open_refused} refused, {achieved:.0} req/s achieved) | p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms | p99 < 5 ms: {} |",
         open_lat.len(),
         ms(op50),
         ms(op99),
         ms(*open_lat.last().unwrap_or(&Duration::ZERO)),
         verdict(op99 < Duration::from_millis(5) && open_refused == 0)
+    );
+    println!(
+        "| the same, counted from each request's scheduled time (adds the load generator's own timer and scheduling delay) | p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms | (for reference) |",
+        ms(percentile(&open_sched, 0.5)),
+        ms(percentile(&open_sched, 0.99)),
+        ms(*open_sched.last().unwrap_or(&Duration::ZERO)),
     );
     println!(
         "| jobs in the queue after both runs | {queued} (expected {}) | one per accepted webhook: {} |",

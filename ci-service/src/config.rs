@@ -36,6 +36,11 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_ALLOW_UNSIGNED_WEBHOOKS")]
     pub allow_unsigned_webhooks: bool,
 
+    /// Token that `POST /builds`, cancel and retry require (`Authorization: Bearer <token>`);
+    /// without it they are open to whoever reaches the API.
+    #[arg(long, env = "CONVEYOR_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
+
     /// Registry (host[:port][/path]) images are pushed to, as `<registry>/<image>:<tag>`.
     #[arg(long, env = "CONVEYOR_REGISTRY", default_value = "127.0.0.1:5000")]
     pub registry: String,

@@ -24,9 +24,9 @@ use time::OffsetDateTime;
 
 use crate::{
     logs::LogItem,
-    queue::{Control, Queue},
+    queue::{Control, Job, Queue},
     records::{BuildRecord, BuildState},
-    webhook::{self, generic::GenericPush, Intake, IntakeError, PushRequest, RefKind, Source},
+    webhook::{self, generic::GenericPush, Intake, IntakeError, PushRequest, Source},
     AppState,
 };
 
@@ -113,26 +113,32 @@ async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str) -> Result<Re
         let body = json!({ "build_id": queued.id, "duplicate": true, "status_url": location });
         return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(body)).into_response());
     }
-    let record = BuildRecord::queued(queued.id, &push, queued_at);
-    let supersede = async {
-        if push.ref_kind == RefKind::Branch {
-            let notice = Control::Superseded { repo_url: push.repo_url.clone(), git_ref: push.git_ref.clone(), by: queued.id };
-            if let Err(e) = state.queue.control(&notice).await {
-                tracing::warn!(error = %e, "could not announce the newer build");
-            }
-        }
-    };
-    let (created, ()) = tokio::join!(state.records.create(&record), supersede);
-    if let Err(e) = created {
-        tracing::warn!(build.id = queued.id, error = %e, "could not store the queued record (the worker will)");
-    }
+    // One round trip: the job is the queued build (its record is written by the worker that
+    // takes it; until then `GET` reads the job), and running builds of the same branch notice
+    // the newer job themselves.
     tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, git_ref = %push.git_ref, "push queued");
     let body = json!({ "build_id": queued.id, "status_url": location });
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
 /// `POST /builds` `{repo_url, ref, commit, app?}`: a manual build, always a new one.
-async fn manual_build(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+/// Checks `Authorization: Bearer <token>` when the service has an API token.
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.config.api_token else { return Ok(()) };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if webhook::signature::verify_token(std::slice::from_ref(token), g.trim()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API token does not match")),
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs `Authorization: Bearer <API token>`")),
+    }
+}
+
+async fn manual_build(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
     let body = body?;
     let push: GenericPush = webhook::parse_json(&body).map_err(ApiError::from)?;
     let push = match push.into_intake(Source::Manual)? {
@@ -149,7 +155,19 @@ struct ListQuery {
 }
 
 async fn list_builds(State(state): State<Arc<AppState>>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
-    let records = state.records.list(q.limit.unwrap_or(50).min(1000)).await.map_err(unavailable)?;
+    let limit = q.limit.unwrap_or(50).min(1000);
+    let mut records = state.records.list(limit).await.map_err(unavailable)?;
+    // Queued builds have no record yet: they are the newest jobs still in the queue.
+    let known: std::collections::HashSet<u64> = records.iter().map(|r| r.id).collect();
+    for (id, job) in state.queue.newest_jobs(limit).await.map_err(unavailable)? {
+        if let Job::Build { push, queued_at } = job {
+            if !known.contains(&id) && state.records.get(id).await.map_err(unavailable)?.is_none() {
+                records.push(BuildRecord::queued(id, &push, queued_at));
+            }
+        }
+    }
+    records.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+    records.truncate(limit);
     Ok(Json(records).into_response())
 }
 
@@ -159,7 +177,14 @@ fn not_found(id: &str) -> ApiError {
 
 async fn record(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
     let n: u64 = id.parse().map_err(|_| not_found(id))?;
-    state.records.get(n).await.map_err(unavailable)?.ok_or_else(|| not_found(id))
+    if let Some(rec) = state.records.get(n).await.map_err(unavailable)? {
+        return Ok(rec);
+    }
+    // Just queued, its record not written yet: the job in the queue says what it is.
+    match state.queue.job(n).await.map_err(unavailable)? {
+        Some(Job::Build { push, queued_at }) => Ok(BuildRecord::queued(n, &push, queued_at)),
+        _ => Err(not_found(id)),
+    }
 }
 
 async fn get_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
@@ -221,7 +246,8 @@ async fn build_ended(state: &AppState, id: u64) -> bool {
     matches!(state.records.get(id).await, Ok(Some(r)) if r.state.is_finished())
 }
 
-async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
     let mut rec = record(&state, &id).await?;
     if rec.state.is_finished() {
         return Err(ApiError::new(StatusCode::CONFLICT, "already_finished", format!("build {id} already ended ({:?})", rec.state)));
@@ -243,7 +269,8 @@ async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>
     Ok((StatusCode::ACCEPTED, Json(json!({ "build_id": rec.id, "cancelling": true }))).into_response())
 }
 
-async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
     let mut rec = record(&state, &id).await?;
     let retryable = rec.state == BuildState::Failed && matches!(rec.failed_step(), Some("push" | "publish")) && rec.repository.is_some();
     if !retryable {

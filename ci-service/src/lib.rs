@@ -100,7 +100,10 @@ impl App {
             }
             (None, None) => None,
         };
-        let masker = Masker::new(secrets.all().chain(password.iter()));
+        let masker = Masker::new(secrets.all().chain(password.iter()).chain(config.api_token.iter()));
+        if config.api_token.is_none() {
+            tracing::warn!("no --api-token: POST /builds, cancel and retry are open to whoever reaches the API");
+        }
         let registry_auth = config.registry_username.as_ref().map(|username| DockerCredentials {
             username: Some(username.clone()),
             password: password.as_ref().map(|p| p.expose().to_string()),

@@ -1,8 +1,8 @@
 //! The build queue: a JetStream work-queue stream that every replica pulls from. A job goes to
 //! one worker at a time; the worker reports progress while it builds and acks when the build
 //! ended, so a replica that dies mid-build leaves its job to be redelivered to another. The same
-//! commit of the same ref pushed again is dropped by `Nats-Msg-Id` de-duplication. Cancellation
-//! and supersession notices travel on a plain NATS control subject every replica listens to.
+//! commit of the same ref pushed again is dropped by `Nats-Msg-Id` de-duplication. Cancel
+//! requests travel on a plain NATS control subject every replica listens to.
 
 use std::time::Duration;
 
@@ -41,8 +41,6 @@ pub enum Job {
 pub enum Control {
     /// Cancel this build wherever it runs.
     Cancel { build: u64, reason: String },
-    /// Build `by` was queued for this repository and ref: older ones of the same ref may stop.
-    Superseded { repo_url: String, git_ref: String, by: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +112,31 @@ impl Queue {
         let payload = Bytes::from(serde_json::to_vec(job).expect("a job always serializes"));
         let ack = self.js.publish_with_headers(subject, headers, payload).await.map_err(err)?.await.map_err(err)?;
         Ok(Enqueued { id: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    /// The job with this number, while it is queued or running (acked jobs leave the queue).
+    pub async fn job(&self, id: u64) -> Result<Option<Job>, QueueError> {
+        match self.stream.get_raw_message(id).await {
+            Ok(m) => Ok(serde_json::from_slice(&m.payload).ok()),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// The newest jobs still in the queue (queued or running), newest first, at most `limit`.
+    pub async fn newest_jobs(&self, limit: usize) -> Result<Vec<(u64, Job)>, QueueError> {
+        let state = self.stream.clone().info().await.map_err(err)?.state.clone();
+        let mut jobs = Vec::new();
+        let mut seq = state.last_sequence;
+        // Acked jobs leave gaps: look at a bounded window below the newest.
+        let floor = state.first_sequence.max(state.last_sequence.saturating_sub(limit as u64 * 4));
+        while seq >= floor && seq > 0 && jobs.len() < limit && state.messages > 0 {
+            if let Some(job) = self.job(seq).await? {
+                jobs.push((seq, job));
+            }
+            seq -= 1;
+        }
+        Ok(jobs)
     }
 
     /// The number of a newer job for the same repository and ref, if one is queued or running.

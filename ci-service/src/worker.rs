@@ -1,6 +1,6 @@
 //! A replica's workers: pull jobs from the shared queue (as many at once as configured), keep
-//! each alive with progress acks while it runs, ack it when it ended; and apply cancel and
-//! supersede notices to the builds running in this replica.
+//! each alive with progress acks while it runs, ack it when it ended; and apply cancel notices
+//! to the builds running in this replica.
 
 use std::{sync::Arc, time::Duration};
 
@@ -101,7 +101,7 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Applies cancel and supersede notices to this replica's running builds.
+/// Applies cancel notices to this replica's running builds.
 pub async fn control(state: Arc<AppState>, mut notices: async_nats::Subscriber) {
     while let Some(m) = notices.next().await {
         let notice: Control = match serde_json::from_slice(&m.payload) {
@@ -119,14 +119,6 @@ pub async fn control(state: Arc<AppState>, mut notices: async_nats::Subscriber) 
                     }
                 }
             }
-            Control::Superseded { repo_url, git_ref, by } if state.config.cancel_superseded => {
-                for run in state.running.older_of(&repo_url, &git_ref, by) {
-                    if run.try_cancel(format!("superseded by build {by} of the same branch")) {
-                        tracing::info!(build.id = run.id, by, "cancelling a superseded build");
-                    }
-                }
-            }
-            Control::Superseded { .. } => {}
         }
     }
 }

@@ -266,3 +266,35 @@ async fn no_secret_at_all_refuses_to_start_unless_unsigned_is_explicit() {
     let (status, answer) = ci.post("/hooks/push", &json_headers(&[]), body).await;
     assert_eq!(status, 202, "unsigned accepted after the explicit opt-out: {answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manual_builds_cancel_and_retry_need_the_api_token() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |c| c.api_token = Some(Secret::new("api-token-1234"))).await;
+    let body = serde_json::to_vec(&json!({ "repo_url": "/srv/git/web.git", "ref": "refs/heads/main", "commit": SHA })).unwrap();
+    let bearer = |t: &str| json_headers(&[("authorization", &format!("Bearer {t}"))]);
+
+    let (status, answer) = ci.post("/builds", &json_headers(&[]), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post("/builds", &bearer("wrong-token"), body.clone()).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post("/builds", &bearer("api-token-1234"), body.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["build_id"].as_u64().unwrap();
+    let (status, again) = ci.post("/builds", &bearer("api-token-1234"), body).await;
+    assert_eq!(status, 202, "a manual build is always a new build: {again}");
+    assert_ne!(again["build_id"].as_u64(), Some(id));
+    assert_eq!(ci.build(id).await["source"], "manual");
+
+    // A queued build is cancelled on the spot; the token guards cancel and retry too.
+    let (status, answer) = ci.post(&format!("/builds/{id}/cancel"), &json_headers(&[]), vec![]).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post(&format!("/builds/{id}/cancel"), &bearer("api-token-1234"), vec![]).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(id).await;
+    assert_eq!((build["state"].as_str(), build["reason"].as_str()), (Some("cancelled"), Some("cancelled by request")));
+    let (status, answer) = ci.post(&format!("/builds/{id}/retry"), &json_headers(&[]), vec![]).await;
+    assert_error(status, &answer, 401, "unauthorized");
+    let (status, answer) = ci.post(&format!("/builds/{id}/retry"), &bearer("api-token-1234"), vec![]).await;
+    assert_error(status, &answer, 409, "not_retryable");
+}

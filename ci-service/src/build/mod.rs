@@ -35,7 +35,7 @@ pub fn image_tag(commit: &str) -> String {
     commit.chars().take(12).collect()
 }
 
-/// The builds running in this replica, so that cancel and supersede notices reach them.
+/// The builds running in this replica, so that cancel notices reach them.
 #[derive(Default)]
 pub struct Running {
     builds: Mutex<HashMap<u64, Arc<RunningBuild>>>,
@@ -43,8 +43,6 @@ pub struct Running {
 
 pub struct RunningBuild {
     pub id: u64,
-    pub repo_url: String,
-    pub git_ref: String,
     token: CancellationToken,
     /// (the push has started, why it was cancelled)
     phase: Mutex<(bool, Option<String>)>,
@@ -78,14 +76,8 @@ impl RunningBuild {
 }
 
 impl Running {
-    fn register(&self, id: u64, push: &PushRequest) -> Arc<RunningBuild> {
-        let build = Arc::new(RunningBuild {
-            id,
-            repo_url: push.repo_url.clone(),
-            git_ref: push.git_ref.clone(),
-            token: CancellationToken::new(),
-            phase: Mutex::new((false, None)),
-        });
+    fn register(&self, id: u64) -> Arc<RunningBuild> {
+        let build = Arc::new(RunningBuild { id, token: CancellationToken::new(), phase: Mutex::new((false, None)) });
         self.builds.lock().expect("running lock is never poisoned").insert(id, build.clone());
         build
     }
@@ -96,12 +88,6 @@ impl Running {
 
     pub fn get(&self, id: u64) -> Option<Arc<RunningBuild>> {
         self.builds.lock().expect("running lock is never poisoned").get(&id).cloned()
-    }
-
-    /// Running builds of `repo_url` + `git_ref` older than build `by`.
-    pub fn older_of(&self, repo_url: &str, git_ref: &str, by: u64) -> Vec<Arc<RunningBuild>> {
-        let builds = self.builds.lock().expect("running lock is never poisoned");
-        builds.values().filter(|b| b.repo_url == repo_url && b.git_ref == git_ref && b.id < by).cloned().collect()
     }
 }
 
@@ -194,10 +180,11 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
     ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt})", push.app, push.git_ref, push.commit));
     tracing::info!(replica = %replica, "build started");
 
-    let run = state.running.register(id, &push);
+    let run = state.running.register(id);
     let prepared = tokio::select! {
         r = prepare(&ctx, id, &push) => r,
         _ = run.token.cancelled() => Err(Stop::Cancelled(run.reason())),
+        _ = watch_for_newer(state, id, &push, &run) => Err(Stop::Cancelled(run.reason())),
     };
     let outcome = match prepared {
         Ok(p) if run.enter_release() => release(&ctx, &push, p).await,
@@ -213,6 +200,28 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
     };
     end(ctx, state_, reason).await;
 }
+
+/// Resolves once a newer push of the same branch is queued and this build was cancelled for it
+/// (checked every second while the build can still be cancelled); never, if superseding is off.
+async fn watch_for_newer(state: &AppState, id: u64, push: &PushRequest, run: &RunningBuild) {
+    if !state.config.cancel_superseded || push.ref_kind != RefKind::Branch {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(SUPERSEDE_POLL).await;
+        if let Ok(Some(newer)) = state.queue.newer_job(push, id).await {
+            if run.try_cancel(format!("superseded by build {newer} of the same branch")) {
+                tracing::info!(by = newer, "cancelling a superseded build");
+                return;
+            }
+            // Too late (the push started): let the build finish.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// How often a running build looks for a newer push of its branch.
+const SUPERSEDE_POLL: Duration = Duration::from_secs(1);
 
 /// Records the end of a build and closes its log.
 async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
