@@ -88,6 +88,9 @@ async fn a_replica_that_dies_mid_build_leaves_its_job_to_another() {
     let survivor = Ci::start(&nats, &registry.addr, short_lease).await;
     let build = survivor.wait_for(id, "handed over and finished", |b| b["state"] == "succeeded" && b["attempts"] == 2).await;
     assert_eq!(build["replica"].as_str(), Some(survivor.replica.as_str()), "the other replica finished it (not {dead})");
+    // Record and log outlived the replica that wrote them: both attempts are in the log.
+    let log = survivor.logs(id).await;
+    assert!(log.contains(&format!("on {dead} (delivery 1)")) && log.contains("(delivery 2)"), "{log}");
     assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1);
 }
 

@@ -225,6 +225,7 @@ const SUPERSEDE_POLL: Duration = Duration::from_secs(1);
 
 /// Records the end of a build and closes its log.
 async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
+    let reason = reason.map(|r| ctx.state.masker.mask(&r).into_owned());
     let word = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     match &reason {
         Some(r) => ctx.log.line(&format!("[conveyor] build {word}: {r}")),
