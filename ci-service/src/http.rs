@@ -166,7 +166,7 @@ async fn list_builds(State(state): State<Arc<AppState>>, Query(q): Query<ListQue
             }
         }
     }
-    records.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+    records.sort_unstable_by_key(|r| std::cmp::Reverse(r.id));
     records.truncate(limit);
     Ok(Json(records).into_response())
 }

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::webhook::{PushRequest, RefKind, Source};
+use crate::webhook::PushRequest;
 
 pub const BUCKET: &str = "conveyor_ci_builds";
 
@@ -56,15 +56,9 @@ pub struct StepRecord {
 pub struct BuildRecord {
     /// Build number: the job's sequence in the build queue.
     pub id: u64,
-    pub app: String,
-    pub repo_url: String,
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub ref_kind: RefKind,
-    pub ref_name: String,
-    pub commit: String,
-    pub source: Source,
-    pub delivery: Option<String>,
+    /// What was pushed (its fields appear at the top level of the JSON).
+    #[serde(flatten)]
+    pub push: PushRequest,
     pub state: BuildState,
     pub steps: Vec<StepRecord>,
     /// Image repository (`registry/name`), once known.
@@ -93,14 +87,7 @@ impl BuildRecord {
     pub fn queued(id: u64, push: &PushRequest, queued_at: OffsetDateTime) -> Self {
         BuildRecord {
             id,
-            app: push.app.clone(),
-            repo_url: push.repo_url.clone(),
-            git_ref: push.git_ref.clone(),
-            ref_kind: push.ref_kind,
-            ref_name: push.ref_name.clone(),
-            commit: push.commit.clone(),
-            source: push.source,
-            delivery: push.delivery.clone(),
+            push: push.clone(),
             state: BuildState::Queued,
             steps: Vec::new(),
             repository: None,
@@ -114,19 +101,6 @@ impl BuildRecord {
             queued_at,
             started_at: None,
             finished_at: None,
-        }
-    }
-
-    pub fn push_request(&self) -> PushRequest {
-        PushRequest {
-            app: self.app.clone(),
-            repo_url: self.repo_url.clone(),
-            git_ref: self.git_ref.clone(),
-            ref_kind: self.ref_kind,
-            ref_name: self.ref_name.clone(),
-            commit: self.commit.clone(),
-            source: self.source,
-            delivery: self.delivery.clone(),
         }
     }
 
@@ -263,6 +237,8 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::webhook::{RefKind, Source};
 
     fn rec() -> BuildRecord {
         let push = PushRequest {

@@ -2,36 +2,11 @@
 //! and registry credentials. They are never printed: `Debug` is redacted, and [`Masker`] blanks
 //! them out of every build log line and API answer.
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{collections::HashMap, path::Path};
 
 use serde::Deserialize;
 
-/// A secret string; `Debug` and `Display` print `***`.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl std::str::FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
+pub use conveyor_proto::Secret;
 
 /// The webhook secrets file:
 ///
@@ -143,7 +118,6 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_value() {
-        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
         let s = WebhookSecrets::new(vec![Secret::new("hunter2")], None, false).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
     }

@@ -10,7 +10,7 @@ use std::{collections::HashSet, time::Duration};
 
 use common::{app_repo, steps, Ci};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
-use conveyor_testkit::{docker::BUSYBOX_IMAGE, BareRepo, TestDocker, TestNats, TestRegistry, WorkClone};
+use conveyor_testkit::{docker::BUSYBOX_IMAGE, TestDocker, TestNats, TestRegistry, WorkClone};
 use serde_json::Value;
 
 /// A Dockerfile whose build runs `sleep <secs>` with a unique marker in the command line.

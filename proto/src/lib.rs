@@ -5,12 +5,14 @@
 
 pub mod event;
 pub mod names;
+pub mod secret;
 pub mod validate;
 
 pub use event::{DeployIntent, ImageBuilt, ImageRef, IntentKind, SourceRef, EVENT_VERSION};
 pub use names::{
     headers, subject_for_app, DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD,
 };
+pub use secret::Secret;
 pub use validate::ValidationError;
 
 #[cfg(feature = "nats")]

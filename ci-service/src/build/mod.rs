@@ -391,7 +391,7 @@ async fn run_retry(state: &Arc<AppState>, id: u64) {
     if rec.state != BuildState::Queued {
         return tracing::info!(state = ?rec.state, "retry job for a build that is not queued for a retry: nothing to do");
     }
-    let push = rec.push_request();
+    let push = rec.push.clone();
     let (Some(repository), false) = (rec.repository.clone(), rec.tags.is_empty()) else {
         return tracing::warn!("retry of a build that has no image");
     };

@@ -43,32 +43,33 @@ struct AnyHubEvent {
     repository: Option<Repository>,
 }
 
-fn push_request(
-    source: Source,
-    repo_name: &str,
-    clone_url: &str,
-    git_ref: &str,
-    after: &str,
+/// What a forge says about a push, in its own field names.
+struct Pushed<'a> {
+    repo_name: &'a str,
+    clone_url: &'a str,
+    git_ref: &'a str,
+    after: &'a str,
     deleted: bool,
-    head_message: Option<&str>,
-    delivery: Option<&str>,
-) -> Result<Intake, IntakeError> {
-    let (ref_kind, ref_name) = match classify_ref(git_ref, after, deleted)? {
+    head_message: Option<&'a str>,
+}
+
+fn push_request(source: Source, p: Pushed<'_>, delivery: Option<&str>) -> Result<Intake, IntakeError> {
+    let (ref_kind, ref_name) = match classify_ref(p.git_ref, p.after, p.deleted)? {
         RefTarget::Ignore(reason) => return Ok(Intake::Ignore(reason)),
         RefTarget::Build { kind, name } => (kind, name),
     };
-    if head_message.is_some_and(skips_ci) {
+    if p.head_message.is_some_and(skips_ci) {
         return Ok(Intake::Ignore("the head commit asks to skip CI".into()));
     }
-    let app = app_from_repo_url(repo_name)
-        .ok_or_else(|| IntakeError::Invalid(format!("cannot derive an app name from repository {repo_name:?}")))?;
+    let app = app_from_repo_url(p.repo_name)
+        .ok_or_else(|| IntakeError::Invalid(format!("cannot derive an app name from repository {:?}", p.repo_name)))?;
     Ok(Intake::Build(PushRequest {
         app,
-        repo_url: clone_url.to_string(),
-        git_ref: git_ref.to_string(),
+        repo_url: p.clone_url.to_string(),
+        git_ref: p.git_ref.to_string(),
         ref_kind,
         ref_name,
-        commit: after.to_string(),
+        commit: p.after.to_string(),
         source,
         delivery: delivery.map(str::to_string),
     }))
@@ -115,7 +116,15 @@ fn hub(
         "push" => {
             let p: HubPush = parse_json(body)?;
             let message = p.head_commit.as_ref().filter(|c| c.id == p.after).map(|c| c.message.as_str());
-            push_request(source, &p.repository.name, &p.repository.clone_url, &p.git_ref, &p.after, p.deleted, message, delivery)
+            let pushed = Pushed {
+                repo_name: &p.repository.name,
+                clone_url: &p.repository.clone_url,
+                git_ref: &p.git_ref,
+                after: &p.after,
+                deleted: p.deleted,
+                head_message: message,
+            };
+            push_request(source, pushed, delivery)
         }
         other => Ok(Intake::Ignore(format!("{other} events are not built"))),
     }
@@ -179,5 +188,13 @@ pub fn gitlab(
     }
     let message = p.commits.iter().find(|c| c.id == p.after).map(|c| c.message.as_str());
     let name = p.project.name.as_deref().unwrap_or(&p.project.path_with_namespace);
-    push_request(Source::Gitlab, name, &p.project.git_http_url, &p.git_ref, &p.after, false, message, delivery)
+    let pushed = Pushed {
+        repo_name: name,
+        clone_url: &p.project.git_http_url,
+        git_ref: &p.git_ref,
+        after: &p.after,
+        deleted: false,
+        head_message: message,
+    };
+    push_request(Source::Gitlab, pushed, delivery)
 }
