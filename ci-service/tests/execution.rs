@@ -88,9 +88,14 @@ async fn a_replica_that_dies_mid_build_leaves_its_job_to_another() {
     let survivor = Ci::start(&nats, &registry.addr, short_lease).await;
     let build = survivor.wait_for(id, "handed over and finished", |b| b["state"] == "succeeded" && b["attempts"] == 2).await;
     assert_eq!(build["replica"].as_str(), Some(survivor.replica.as_str()), "the other replica finished it (not {dead})");
-    // Record and log outlived the replica that wrote them: both attempts are in the log.
+    // Record and log outlived the replica that wrote them: both attempts are in the log, and the
+    // step the dead replica was running is marked failed, not left running.
     let log = survivor.logs(id).await;
     assert!(log.contains(&format!("on {dead} (delivery 1)")) && log.contains("(delivery 2)"), "{log}");
+    assert!(log.contains(&format!("{dead} stopped during this build")), "{log}");
+    let states: Vec<(&str, &str)> =
+        build["steps"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap())).collect();
+    assert_eq!(&states[..3], [("checkout", "succeeded"), ("build", "failed"), ("checkout", "succeeded")], "{states:?}");
     assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1);
 }
 
@@ -117,6 +122,31 @@ async fn a_newer_push_cancels_the_older_build_of_its_branch_and_cancel_by_reques
     assert_eq!(events.len(), 1);
     assert_eq!(ImageBuilt::from_json(&events[0].1).unwrap().source.commit, fast, "only the newer commit was published");
 
+    // A queued build is superseded too: while a build of another branch holds the only worker,
+    // two pushes of main queue up; the older one is skipped when the worker gets to it.
+    let marker3 = format!("marker-{}", uuid::Uuid::now_v7().simple());
+    let blocker = commit(&work, &[("Dockerfile", &slow_dockerfile(60, &marker3))], "slow, on another branch");
+    conveyor_testkit::run(std::process::Command::new("git").arg("-C").arg(&work.path).args([
+        "push",
+        "-q",
+        "origin",
+        "HEAD:refs/heads/other",
+    ]));
+    let busy = ci.push_commit(&bare, "refs/heads/other", &blocker).await;
+    wait_step(&ci, busy, "build").await;
+    let queued_old = commit(&work, &[("Dockerfile", "FROM conveyor/busybox:latest\nCOPY . /app\n"), ("VERSION", "q1")], "queued 1");
+    let q1 = ci.push_commit(&bare, "refs/heads/main", &queued_old).await;
+    let queued_new = commit(&work, &[("VERSION", "q2")], "queued 2");
+    let q2 = ci.push_commit(&bare, "refs/heads/main", &queued_new).await;
+    assert_eq!(ci.build(q1).await["state"], "queued");
+    let (status, _) = ci.post(&format!("/builds/{busy}/cancel"), &[("content-type", "application/json")], vec![]).await;
+    assert_eq!(status, 202);
+    let skipped = ci.wait_finished(q1).await;
+    assert_eq!((skipped["state"].as_str(), skipped["steps"].as_array().map(Vec::len)), (Some("cancelled"), Some(0)), "{skipped}");
+    assert_eq!(skipped["reason"], format!("superseded by build {q2} of the same branch"));
+    assert_eq!(ci.wait_finished(q2).await["state"], "succeeded");
+    no_container_with(&marker3).await;
+
     // Cancel by request: a running build stops; an ended one cannot be cancelled again.
     let marker2 = format!("marker-{}", uuid::Uuid::now_v7().simple());
     let slow2 = commit(&work, &[("Dockerfile", &slow_dockerfile(60, &marker2))], "slow again");
@@ -129,7 +159,7 @@ async fn a_newer_push_cancels_the_older_build_of_its_branch_and_cancel_by_reques
     let (status, body) = ci.post(&format!("/builds/{id}/cancel"), &[("content-type", "application/json")], vec![]).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("already_finished")));
     no_container_with(&marker2).await;
-    assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 1);
+    assert_eq!(nats.stream_messages(EVENTS_STREAM).await.len(), 2, "the newer push and the queued winner");
 }
 
 #[tokio::test(flavor = "multi_thread")]

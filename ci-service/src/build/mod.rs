@@ -170,13 +170,25 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
         }
     }
     let replica = state.replica.clone();
+    let mut interrupted = None;
     ctx.update(|r| {
+        if r.attempts > 0 {
+            // Handed over: the previous attempt's replica stopped without finishing its steps.
+            let running: Vec<String> = r.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+            for name in running {
+                r.step_finished(&name, StepState::Failed);
+            }
+            interrupted = r.replica.clone();
+        }
         r.state = BuildState::Running;
         r.started_at.get_or_insert_with(OffsetDateTime::now_utc);
         r.attempts += 1;
         r.replica = Some(replica.clone());
     })
     .await;
+    if let Some(previous) = interrupted {
+        ctx.log.line(&format!("[conveyor] {previous} stopped during this build; starting it again"));
+    }
     ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt})", push.app, push.git_ref, push.commit));
     tracing::info!(replica = %replica, "build started");
 
