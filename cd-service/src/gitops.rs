@@ -18,7 +18,7 @@ use crate::{
     manifest_config::{self, ManifestConfig},
     rewrite::{self, Change, Target},
 };
-use conveyor_proto::ImageBuilt;
+use conveyor_proto::{ImageBuilt, IntentKind};
 use time::OffsetDateTime;
 
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +292,56 @@ impl ManifestRepo {
         }
     }
 
+    /// The newest `max` commits of the branch as last synced: (commit id, commit time, message).
+    pub fn log(&self, max: usize) -> Result<Vec<(String, OffsetDateTime, String)>, GitOpsError> {
+        let mut walk = self.repo.revwalk()?;
+        walk.push_head()?;
+        let mut out = Vec::new();
+        for oid in walk.take(max) {
+            let commit = self.repo.find_commit(oid?)?;
+            let when = OffsetDateTime::from_unix_timestamp(commit.time().seconds()).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            out.push((commit.id().to_string(), when, commit.message().unwrap_or_default().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// The diff that applying `event` would commit on the current head, without committing:
+    /// the edits are made in the warm clone, diffed, and reset.
+    pub fn preview(&self, event: &ImageBuilt) -> Result<String, GitOpsError> {
+        self.sync()?;
+        let result = self.preview_edits(event);
+        // Whatever happened, the clone goes back to the remote's head.
+        self.sync()?;
+        result
+    }
+
+    fn preview_edits(&self, event: &ImageBuilt) -> Result<String, GitOpsError> {
+        let root = self.work_tree();
+        let config = manifest_config::load(root).map_err(GitOpsError::Config)?;
+        let placements = manifest_config::placements(config.as_ref(), root, event).map_err(GitOpsError::Config)?;
+        for placement in placements.iter().filter(|p| p.held.is_none() || event.deploy.is_some()) {
+            let target = Target {
+                app: &event.app,
+                repository: &event.image.repository,
+                tag: &event.image.tag,
+                digest: &event.image.digest,
+                pin_digest: placement.pin_digest,
+                helm: placement.helm.as_ref().map(|h| (h.repository.as_str(), h.tag.as_str())),
+            };
+            rewrite::rewrite_scope(root, &placement.scope, &target)?;
+        }
+        let diff = self.repo.diff_index_to_workdir(None, None)?;
+        let mut text = String::new();
+        diff.print(git2::DiffFormat::Patch, |_, _, line| {
+            if matches!(line.origin(), '+' | '-' | ' ') {
+                text.push(line.origin());
+            }
+            text.push_str(&String::from_utf8_lossy(line.content()));
+            true
+        })?;
+        Ok(text)
+    }
+
     /// For the apps of `events`: when the build deployed now started, read from the trailers of
     /// the newest deploy commit of each app (searching the last 5,000 commits).
     fn deployed_build_starts(&self, events: &[ImageBuilt]) -> Result<HashMap<(String, String), OffsetDateTime>, GitOpsError> {
@@ -440,6 +490,8 @@ fn backoff(attempt: u32) -> Duration {
 const APP_TRAILER: &str = "Conveyor-App: ";
 const STARTED_TRAILER: &str = "Conveyor-Build-Started-At: ";
 const ENV_TRAILER: &str = "Conveyor-Environment: ";
+const PROMOTION_TRAILER: &str = "Conveyor-Promotion: ";
+const REPLAY_TRAILER: &str = "Conveyor-Replay: ";
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).expect("a UTC timestamp always formats as RFC 3339")
@@ -457,13 +509,23 @@ pub fn commit_message(config: Option<&ManifestConfig>, env: &str, events: &[&Ima
     };
     for e in events {
         match &e.deploy {
-            Some(d) => m.push_str(&format!(
+            Some(d) if d.kind == IntentKind::Promotion => m.push_str(&format!(
                 "{}: promote {} to {} (requested by {}; image of event {}).\n",
                 e.app,
                 e.image.reference(),
                 d.environment,
                 d.requested_by,
                 d.of_event
+            )),
+            Some(d) => m.push_str(&format!(
+                "{}: {} {} to {} (replay of event {}{}, requested by {}).\n",
+                e.app,
+                if d.kind == IntentKind::Rollback { "roll back" } else { "redeploy" },
+                d.environment,
+                e.image.reference(),
+                d.of_event,
+                d.of_sequence.map(|s| format!(", stream sequence {s}")).unwrap_or_default(),
+                d.requested_by
             )),
             None => m.push_str(&format!(
                 "{}: {} built from {}@{} ({}) by build {}.\n",
@@ -489,8 +551,10 @@ pub fn commit_message(config: Option<&ManifestConfig>, env: &str, events: &[&Ima
         m.push_str(&format!("Conveyor-Image-Digest: {}\n", e.image.digest));
         m.push_str(&format!("Conveyor-Event-Id: {}\n", e.event_id));
         m.push_str(&format!("Conveyor-Build-Id: {}\n", e.build_id));
-        if let Some(d) = &e.deploy {
-            m.push_str(&format!("Conveyor-Promotion: {} by {}\n", d.of_event, d.requested_by));
+        match &e.deploy {
+            Some(d) if d.kind == IntentKind::Promotion => m.push_str(&format!("{PROMOTION_TRAILER}{} by {}\n", d.of_event, d.requested_by)),
+            Some(d) => m.push_str(&format!("{REPLAY_TRAILER}{} {} by {}\n", d.kind.as_str(), d.of_event, d.requested_by)),
+            None => {}
         }
         if let Some(trace_id) = e.traceparent.as_deref().and_then(|tp| tp.split('-').nth(1)) {
             m.push_str(&format!("Conveyor-Trace-Id: {trace_id}\n"));

@@ -1,6 +1,7 @@
 //! cd-service's HTTP surface: `POST /promote` (deploy an already built image to an environment,
-//! checked against the manifest repository's `conveyor.yaml`), `GET /outcomes` (what happened to
-//! the latest events, skips included) and `GET /healthz`. Errors are JSON
+//! checked against the manifest repository's `conveyor.yaml`), `POST /replay` (redeploy or roll
+//! back to an earlier event's image), `GET /history` (what was deployed, newest first),
+//! `GET /outcomes` (what happened to the latest events, skips included) and `GET /healthz`. Errors are JSON
 //! `{ "error": <stable code>, "message": <text> }`.
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::{
     manifest_config,
     outcomes::Recent,
     promote::{self, PromoteError},
+    replay::{self, ReplayError},
 };
 
 pub struct HttpState {
@@ -34,6 +36,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/promote", post(promote_handler))
         .route("/outcomes", get(outcomes_handler))
+        .route("/history", get(history_handler))
+        .route("/replay", post(replay_handler))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -97,5 +101,108 @@ async fn promote_handler(State(state): State<Arc<HttpState>>, body: Result<Json<
         Err(PromoteError::Invalid(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
         Err(e @ PromoteError::UnknownTag { .. }) => error(StatusCode::NOT_FOUND, "unknown_tag", e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    app: String,
+    env: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /history?app=web&env=staging&limit=20`: deployments newest first, with the stream
+/// sequence of each event still in the stream.
+async fn history_handler(State(state): State<Arc<HttpState>>, Query(q): Query<HistoryQuery>) -> Response {
+    if let Err(e) = conveyor_proto::validate::app_name(&q.app) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string());
+    }
+    let log = {
+        let repo = state.repo.lock().await;
+        match tokio::task::block_in_place(|| repo.sync().and_then(|_| repo.log(5000))) {
+            Ok(log) => log,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "repo_unavailable", e.to_string()),
+        }
+    };
+    let mut deployments = crate::history::from_log(&log, &q.app, q.env.as_deref(), q.limit.unwrap_or(50).min(1000));
+    let events = match replay::app_events(&state.js, &q.app).await {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", e.to_string()),
+    };
+    if deployments.is_empty() && events.is_empty() {
+        return error(StatusCode::NOT_FOUND, "unknown_app", format!("nothing was ever deployed or built for app {:?}", q.app));
+    }
+    for d in &mut deployments {
+        d.sequence = events.iter().find(|(_, e)| e.event_id == d.event_id).map(|(s, _)| *s);
+    }
+    Json(deployments).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    pub app: String,
+    /// `"previous"`.
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub sequence: Option<u64>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub into: Option<String>,
+    #[serde(default)]
+    pub requested_by: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+async fn replay_handler(State(state): State<Arc<HttpState>>, body: Result<Json<ReplayBody>, JsonRejection>) -> Response {
+    let b = match body {
+        Ok(Json(b)) => b,
+        Err(r) => return error(r.status(), "invalid_request", r.body_text()),
+    };
+    let target = match (b.to.as_deref(), b.sequence, b.tag) {
+        (Some("previous"), None, None) => replay::Target::Previous,
+        (None, Some(seq), None) => replay::Target::Sequence(seq),
+        (None, None, Some(tag)) => replay::Target::Tag(tag),
+        (Some(other), None, None) => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("`to` must be \"previous\", not {other:?}"))
+        }
+        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "give exactly one of `to: previous`, `sequence` or `tag`"),
+    };
+    let req = replay::Request {
+        app: b.app,
+        target,
+        environment: b.environment,
+        into: b.into,
+        requested_by: b.requested_by.unwrap_or_else(|| "api".into()),
+        dry_run: b.dry_run,
+    };
+    match replay::replay(&state.js, &state.repo, req).await {
+        Ok(plan) => {
+            if plan.diff.is_none() {
+                tracing::info!(app = %plan.app, env = %plan.environment, image = %plan.image, kind = plan.kind.as_str(), of_sequence = plan.of_sequence, "replay queued");
+            }
+            let status = if plan.diff.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
+            (status, Json(plan)).into_response()
+        }
+        Err(e) => {
+            let (status, code) = match &e {
+                ReplayError::Invalid(_) | ReplayError::AmbiguousEnvironment { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+                ReplayError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
+                ReplayError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
+                ReplayError::UnknownTag { .. } => (StatusCode::NOT_FOUND, "unknown_tag"),
+                ReplayError::OutOfRange { .. } => (StatusCode::NOT_FOUND, "sequence_out_of_range"),
+                ReplayError::NotThisApp { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "other_app"),
+                ReplayError::AgedOut { .. } => (StatusCode::GONE, "aged_out"),
+                ReplayError::NothingBefore { .. } => (StatusCode::CONFLICT, "nothing_before"),
+                ReplayError::Repo(_) => (StatusCode::SERVICE_UNAVAILABLE, "repo_unavailable"),
+                ReplayError::Stream(_) | ReplayError::Publish(_) => (StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable"),
+            };
+            error(status, code, e.to_string())
+        }
     }
 }

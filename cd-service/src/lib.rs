@@ -4,10 +4,12 @@
 pub mod config;
 pub mod consume;
 pub mod gitops;
+pub mod history;
 pub mod http;
 pub mod manifest_config;
 pub mod outcomes;
 pub mod promote;
+pub mod replay;
 pub mod rewrite;
 
 use std::sync::Arc;

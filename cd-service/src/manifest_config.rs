@@ -217,6 +217,11 @@ pub fn placements(config: Option<&ManifestConfig>, root: &Path, event: &ImageBui
 /// The subject line of a single-event commit.
 pub fn subject(config: Option<&ManifestConfig>, event: &ImageBuilt, env: &str) -> String {
     let template = config.and_then(|c| c.commit.message.as_deref());
+    // A replay says so in the subject: `rollback(web/production): repo:tag`.
+    if let Some(d) = event.deploy.as_ref().filter(|d| d.kind != conveyor_proto::IntentKind::Promotion) {
+        let scope = if env == DEFAULT_ENV { event.app.clone() } else { format!("{}/{env}", event.app) };
+        return format!("{}({scope}): {}", d.kind.as_str(), event.image.reference());
+    }
     match template {
         Some(t) => t
             .replace("{app}", &event.app)

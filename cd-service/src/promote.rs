@@ -4,13 +4,10 @@
 //! deploy intent and applied through the same queue as builds, so it is ordered, acked after
 //! the push and recorded in the commit (`Conveyor-Promotion`).
 
-use std::time::Duration;
-
-use async_nats::jetstream::{self, consumer::DeliverPolicy};
-use futures::StreamExt;
+use async_nats::jetstream;
 use time::OffsetDateTime;
 
-use conveyor_proto::{stream::publish_event, subject_for_app, validate, DeployIntent, ImageBuilt, IntentKind, EVENTS_STREAM};
+use conveyor_proto::{stream::publish_event, validate, DeployIntent, ImageBuilt, IntentKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromoteError {
@@ -26,37 +23,13 @@ pub enum PromoteError {
 
 /// The newest image-built event (not a promotion) of `app` with `tag`.
 pub async fn find_build(js: &jetstream::Context, app: &str, tag: &str) -> Result<ImageBuilt, PromoteError> {
-    let err = |e: String| PromoteError::Stream(e);
-    let stream = js.get_stream(EVENTS_STREAM).await.map_err(|e| err(e.to_string()))?;
-    let subject = subject_for_app(app);
-    if stream.get_last_raw_message_by_subject(&subject).await.is_err() {
-        return Err(PromoteError::UnknownTag { app: app.to_string(), tag: tag.to_string() });
-    }
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
-    let mut found = None;
-    loop {
-        let next =
-            tokio::time::timeout(Duration::from_secs(10), messages.next()).await.map_err(|_| err("timed out reading the stream".into()))?;
-        let Some(msg) = next else { break };
-        let msg = msg.map_err(|e| err(e.to_string()))?;
-        if let Ok(event) = ImageBuilt::from_json(&msg.payload) {
-            if event.image.tag == tag && event.deploy.is_none() {
-                found = Some(event);
-            }
-        }
-        if msg.info().map(|i| i.pending == 0).unwrap_or(true) {
-            break;
-        }
-    }
-    found.ok_or_else(|| PromoteError::UnknownTag { app: app.to_string(), tag: tag.to_string() })
+    let events = crate::replay::app_events(js, app).await.map_err(|e| PromoteError::Stream(e.to_string()))?;
+    events
+        .into_iter()
+        .rev()
+        .find(|(_, e)| e.image.tag == tag && e.deploy.is_none())
+        .map(|(_, e)| e)
+        .ok_or_else(|| PromoteError::UnknownTag { app: app.to_string(), tag: tag.to_string() })
 }
 
 /// Publishes a promotion of `app:tag` to `environment`; returns the stream sequence and the event.
@@ -82,6 +55,7 @@ pub async fn promote(
         environment: environment.to_string(),
         requested_by: requested_by.to_string(),
         of_event: build.event_id.clone(),
+        of_sequence: None,
     });
     let (sequence, _) = publish_event(js, &event).await?;
     Ok((sequence, event))

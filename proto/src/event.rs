@@ -52,12 +52,31 @@ pub struct DeployIntent {
     pub requested_by: String,
     /// The event whose image this deploys.
     pub of_event: String,
+    /// That event's stream sequence, when known (replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of_sequence: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IntentKind {
+    /// An image deployed to an environment it was not built for (e.g. production).
     Promotion,
+    /// A replay of an older image than the one deployed: a rollback.
+    Rollback,
+    /// A replay of the deployed image or a newer one: a redeploy.
+    Redeploy,
+}
+
+impl IntentKind {
+    /// The word used in commit messages and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntentKind::Promotion => "promotion",
+            IntentKind::Rollback => "rollback",
+            IntentKind::Redeploy => "redeploy",
+        }
+    }
 }
 
 /// A pushed image: `repository:tag`, pinned by `digest`.
@@ -205,6 +224,7 @@ mod tests {
         let mut promo = sample();
         promo.event_id = "promo-1".into();
         promo.deploy = Some(DeployIntent {
+            of_sequence: None,
             kind: IntentKind::Promotion,
             environment: "production".into(),
             requested_by: "alice".into(),
