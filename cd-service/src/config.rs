@@ -89,6 +89,11 @@ pub struct Config {
     /// Events kept in the stream (used only when this service creates the stream).
     #[arg(long, env = "CONVEYOR_STREAM_MAX_MESSAGES", default_value_t = 100_000)]
     pub stream_max_messages: i64,
+
+    /// Days events are kept in the stream, 0 for no age limit (used only when this service
+    /// creates the stream); older events can no longer be replayed.
+    #[arg(long, env = "CONVEYOR_STREAM_MAX_AGE_DAYS", default_value_t = 0)]
+    pub stream_max_age_days: u64,
 }
 
 impl Config {
@@ -101,6 +106,7 @@ impl Config {
             durable: self.consumer.clone(),
             ack_wait: self.ack_wait(),
             stream_max_messages: self.stream_max_messages,
+            stream_max_age: Duration::from_secs(self.stream_max_age_days * 24 * 3600),
             batch_max: self.batch_max as usize,
             batch_wait: Duration::from_millis(self.batch_wait_ms),
         }

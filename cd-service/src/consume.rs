@@ -40,6 +40,7 @@ pub struct ConsumeOptions {
     pub durable: String,
     pub ack_wait: Duration,
     pub stream_max_messages: i64,
+    pub stream_max_age: Duration,
     /// Events applied in one commit at most.
     pub batch_max: usize,
     /// How long to wait for more pending events once one arrived.
@@ -97,7 +98,7 @@ fn record(recent: &Recent, msg: &Message, event: Option<&ImageBuilt>, outcome: &
 
 impl Consumer {
     pub async fn open(url: &str, opts: ConsumeOptions) -> Result<Self, ConsumeError> {
-        let (js, stream) = open_events_stream(url, "conveyor-cd-service", opts.stream_max_messages).await?;
+        let (js, stream) = open_events_stream(url, "conveyor-cd-service", opts.stream_max_messages, opts.stream_max_age).await?;
         let setup = |e: String| ConsumeError::Setup(e);
         js.get_or_create_stream(deadletter_stream_config(opts.stream_max_messages)).await.map_err(|e| setup(e.to_string()))?;
         let consumer = stream

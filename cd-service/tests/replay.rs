@@ -201,3 +201,33 @@ async fn a_replay_racing_a_new_build_ends_with_the_later_of_the_two() {
     let expected = if winner == "v1" { ["v1", "v4"] } else { ["v4", "v1"] };
     assert_eq!(tags, expected, "both landed, in queue order");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn per_environment_replays_and_a_replay_into_another_environment_is_a_promotion() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = seeded_repo(dir.path(), Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/environments")));
+    let cd = start_cd(&nats, &bare.url()).await;
+    let tag_in = |env: &str| {
+        let k = bare.show("main", &format!("overlays/{env}/kustomization.yaml"));
+        k.lines().find_map(|l| l.trim().strip_prefix("newTag: ")).unwrap().trim_matches('"').to_string()
+    };
+    applied(&nats, nats.publish_event(&build("v2", 1)).await).await;
+    applied(&nats, nats.publish_event(&build("v3", 2)).await).await;
+    assert_eq!((tag_in("staging").as_str(), tag_in("production").as_str()), ("v3", "1.0.0"));
+
+    let (ok, _, err) = conveyor(&cd, &["replay", "web", "--to", "previous"]);
+    assert!(!ok && err.contains("app web has several environments (production, staging): say which one"), "{err}");
+    let plan = conveyor_json(&cd, &["replay", "web", "--env", "staging", "--to", "previous"]);
+    assert_eq!((plan["kind"].as_str(), plan["environment"].as_str()), (Some("rollback"), Some("staging")));
+    applied(&nats, plan["sequence"].as_u64().unwrap()).await;
+    assert_eq!((tag_in("staging").as_str(), tag_in("production").as_str()), ("v2", "1.0.0"), "only staging went back");
+
+    let plan = conveyor_json(&cd, &["replay", "web", "--env", "staging", "--tag", "v3", "--into", "production"]);
+    assert_eq!((plan["kind"].as_str(), plan["environment"].as_str()), (Some("promotion"), Some("production")));
+    applied(&nats, plan["sequence"].as_u64().unwrap()).await;
+    assert_eq!((tag_in("staging").as_str(), tag_in("production").as_str()), ("v2", "v3"));
+    let production = conveyor_json(&cd, &["history", "web", "--env", "production"]);
+    assert_eq!((production[0]["kind"].as_str(), production[0]["tag"].as_str()), (Some("promotion"), Some("v3")));
+    assert_eq!(production.as_array().unwrap().len(), 1, "production's own history");
+}

@@ -117,6 +117,10 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_STREAM_MAX_MESSAGES", default_value_t = 100_000)]
     pub stream_max_messages: i64,
 
+    /// Days events are kept in the stream (0: no age limit); older ones can no longer be replayed.
+    #[arg(long, env = "CONVEYOR_STREAM_MAX_AGE_DAYS", default_value_t = 0)]
+    pub stream_max_age_days: u64,
+
     /// Days build records and logs are kept.
     #[arg(long, env = "CONVEYOR_RECORDS_MAX_AGE_DAYS", default_value_t = 30)]
     pub records_max_age_days: u64,
@@ -129,6 +133,10 @@ pub struct Config {
 impl Config {
     pub fn push_timeout(&self) -> Duration {
         Duration::from_secs(self.push_timeout_secs)
+    }
+
+    pub fn stream_max_age(&self) -> Duration {
+        Duration::from_secs(self.stream_max_age_days * 24 * 3600)
     }
 
     pub fn records_max_age(&self) -> Duration {

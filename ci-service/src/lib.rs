@@ -113,8 +113,13 @@ impl App {
 
         let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
         docker.ping().await?;
-        let (js, _events) =
-            conveyor_proto::stream::open_events_stream(&config.nats_url, "conveyor-ci-service", config.stream_max_messages).await?;
+        let (js, _events) = conveyor_proto::stream::open_events_stream(
+            &config.nats_url,
+            "conveyor-ci-service",
+            config.stream_max_messages,
+            config.stream_max_age(),
+        )
+        .await?;
         let queue = Queue::open(
             &js,
             Duration::from_secs(config.dedup_window_secs.max(1)),

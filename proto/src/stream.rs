@@ -55,8 +55,14 @@ pub async fn publish_event(js: &jetstream::Context, event: &crate::ImageBuilt) -
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connects (retrying while the server is not up yet, within 30 s) and creates the event stream
-/// if it does not exist.
-pub async fn open_events_stream(url: &str, client_name: &str, max_messages: i64) -> Result<(jetstream::Context, Stream), StreamError> {
+/// if it does not exist, keeping at most `max_messages` events no older than `max_age` (zero:
+/// no age limit). An existing stream keeps its own limits.
+pub async fn open_events_stream(
+    url: &str,
+    client_name: &str,
+    max_messages: i64,
+    max_age: Duration,
+) -> Result<(jetstream::Context, Stream), StreamError> {
     let timeout = || StreamError::Timeout { url: url.to_string(), secs: OPEN_TIMEOUT.as_secs() };
     let client =
         tokio::time::timeout(OPEN_TIMEOUT, async_nats::ConnectOptions::new().name(client_name).retry_on_initial_connect().connect(url))
@@ -64,7 +70,7 @@ pub async fn open_events_stream(url: &str, client_name: &str, max_messages: i64)
             .map_err(|_| timeout())?
             .map_err(|e| StreamError::Connect { url: url.to_string(), message: e.to_string() })?;
     let js = jetstream::new(client);
-    let stream = tokio::time::timeout(OPEN_TIMEOUT, js.get_or_create_stream(events_stream_config(max_messages, Duration::ZERO)))
+    let stream = tokio::time::timeout(OPEN_TIMEOUT, js.get_or_create_stream(events_stream_config(max_messages, max_age)))
         .await
         .map_err(|_| timeout())?
         .map_err(|e| StreamError::Stream(e.to_string()))?;

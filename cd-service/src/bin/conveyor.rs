@@ -130,7 +130,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 plan["of_sequence"]
             );
             match plan["diff"].as_str() {
-                Some(diff) if diff.is_empty() => println!("dry run: {what}\nnothing would change: the image is already deployed"),
+                Some("") => println!("dry run: {what}\nnothing would change: the image is already deployed"),
                 Some(diff) => println!("dry run: {what}\nwould commit:\n{diff}"),
                 None => {
                     println!("queued: {what} as event {} (stream sequence {})", plan["event_id"].as_str().unwrap_or("?"), plan["sequence"])
@@ -168,8 +168,8 @@ fn short(v: &Value, n: usize) -> String {
 fn print_history(body: &Value) {
     let rows = body.as_array().cloned().unwrap_or_default();
     println!(
-        "{:<20}  {:<11}  {:<9}  {:<14}  {:<13}  {:<13}  {:>5}  {:<13}  {:<13}  {}",
-        "DEPLOYED (UTC)", "ENV", "KIND", "TAG", "DIGEST", "SOURCE", "SEQ", "MANIFEST", "TRACE", "EVENT"
+        "{:<20}  {:<11}  {:<9}  {:<14}  {:<13}  {:<13}  {:>5}  {:<13}  {:<13}  EVENT",
+        "DEPLOYED (UTC)", "ENV", "KIND", "TAG", "DIGEST", "SOURCE", "SEQ", "MANIFEST", "TRACE"
     );
     for d in rows {
         let when = d["deployed_at"].as_str().unwrap_or("").replace('T', " ");

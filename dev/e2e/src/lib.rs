@@ -47,6 +47,8 @@ pub struct Stack {
     /// A developer's clone of the app repository.
     pub dev: WorkClone,
     pub ci_url: String,
+    /// cd-service's HTTP API (promote, replay, history).
+    pub cd_url: String,
     pub dir: tempfile::TempDir,
     // Declared last: services stop before the repositories and servers they use go away.
     _ci: ChildGuard,
@@ -74,10 +76,12 @@ impl Stack {
         seed.push();
 
         // cd-service: the durable consumer, with its warm clone of the manifest repository.
+        let cd_port = free_port();
+        let cd_url = format!("http://127.0.0.1:{cd_port}");
         let cd_log = std::fs::File::create(d.join("cd-service.log"))?;
         let cd = Command::new(bins.join("cd-service"))
             .env("CONVEYOR_NATS_URL", &nats.url)
-            .env("CONVEYOR_CD_LISTEN", "127.0.0.1:0")
+            .env("CONVEYOR_CD_LISTEN", format!("127.0.0.1:{cd_port}"))
             .env("CONVEYOR_MANIFEST_REPO", manifest_repo.url())
             .env("CONVEYOR_WORKDIR", d.join("cd-work"))
             .env("RUST_LOG", "info")
@@ -114,7 +118,7 @@ impl Stack {
         app_repo.set_config("conveyor.secret", &webhook_secret);
         let dev = WorkClone::init(d.join("dev/flask-app"), &app_repo);
 
-        let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, dir, _ci: ci, _cd: cd };
+        let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, cd_url, dir, _ci: ci, _cd: cd };
         stack.wait_ready().await?;
         Ok(stack)
     }
@@ -137,6 +141,18 @@ impl Stack {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Runs the `conveyor` command line against this stack's cd-service; returns (success,
+    /// stdout, stderr).
+    pub fn conveyor(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(bin_dir().expect("binaries are built").join("conveyor"))
+            .args(args)
+            .env("CONVEYOR_CD_URL", &self.cd_url)
+            .env("USER", "alice")
+            .output()
+            .expect("run the conveyor CLI (built with the workspace)");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// `ci-service` or `cd-service`.

@@ -99,7 +99,9 @@ impl TestNats {
     /// Creates the event stream as the services define it (for events published before any
     /// service started).
     pub async fn ensure_events_stream(&self) {
-        conveyor_proto::stream::open_events_stream(&self.url, "conveyor-test", 100_000).await.expect("create the event stream");
+        conveyor_proto::stream::open_events_stream(&self.url, "conveyor-test", 100_000, std::time::Duration::ZERO)
+            .await
+            .expect("create the event stream");
     }
 
     /// Publishes raw bytes on `subject` with a unique `Nats-Msg-Id`; returns the stream sequence.
