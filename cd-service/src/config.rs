@@ -11,7 +11,7 @@ use crate::gitops::{GitAuth, RepoConfig, Secret};
 #[command(
     name = "cd-service",
     about = "Conveyor CD: image-built events -> image tag commits in a GitOps manifest repo",
-    after_help = "To promote an image to an environment: cd-service promote --help"
+    after_help = "Promotions, replays and history: the `conveyor` command line (conveyor --help)"
 )]
 pub struct Config {
     /// NATS server URL (JetStream must be enabled).

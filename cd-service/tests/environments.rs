@@ -66,8 +66,8 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
     );
 
     // And v3 with the CLI.
-    let out = Command::new(env!("CARGO_BIN_EXE_cd-service"))
-        .args(["promote", "--app", "web", "--to", "production", "--tag", "v3", "--as", "bob", "--url", &format!("http://{}", cd.http)])
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["promote", "web", "--to", "production", "--tag", "v3", "--as", "bob", "--url", &format!("http://{}", cd.http)])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -92,8 +92,8 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
         let (s, b) = post_promote(&cd, body.clone()).await;
         assert_eq!((s, b["error"].as_str()), (status, Some(code)), "{body} -> {b}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_cd-service"))
-        .args(["promote", "--app", "web", "--to", "production", "--tag", "v9", "--url", &format!("http://{}", cd.http)])
+    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["promote", "web", "--to", "production", "--tag", "v9", "--url", &format!("http://{}", cd.http)])
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no image-built event for web:v9"));
