@@ -69,6 +69,16 @@ async fn three_builds_a_rollback_to_the_first_and_a_redeploy_of_the_third() {
         .map(|(k, i)| (k.to_string(), tags[*i].clone()))
         .collect();
     assert_eq!(rows, want, "history, newest first:\n{table}");
+    // Refusals name the problem and change nothing.
+    for (args, needle) in [
+        (vec!["replay", APP, "--tag", "0000000000aa"], "no image-built event for flask-app:0000000000aa"),
+        (vec!["replay", APP, "--seq", "99"], "stream sequence 99 is out of range: the stream holds 1..=5"),
+        (vec!["replay", "billing", "--to", "previous"], "unknown app \"billing\""),
+    ] {
+        let (ok, _, err) = stack.conveyor(&args);
+        assert!(!ok && err.contains(needle), "{args:?}: {err}");
+        println!("$ conveyor {}\n{err}", args.join(" "));
+    }
     let log = stack.manifest_repo.log_oneline("main");
     assert_eq!(log.lines().count(), 6, "five deploy commits on the initial one:\n{log}");
 }
