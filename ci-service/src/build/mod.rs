@@ -170,25 +170,7 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
         }
     }
     let replica = state.replica.clone();
-    let mut interrupted = None;
-    ctx.update(|r| {
-        if r.attempts > 0 {
-            // Handed over: the previous attempt's replica stopped without finishing its steps.
-            let running: Vec<String> = r.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
-            for name in running {
-                r.step_finished(&name, StepState::Failed);
-            }
-            interrupted = r.replica.clone();
-        }
-        r.state = BuildState::Running;
-        r.started_at.get_or_insert_with(OffsetDateTime::now_utc);
-        r.attempts += 1;
-        r.replica = Some(replica.clone());
-    })
-    .await;
-    if let Some(previous) = interrupted {
-        ctx.log.line(&format!("[conveyor] {previous} stopped during this build; starting it again"));
-    }
+    take_over(&ctx, &replica).await;
     ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt})", push.app, push.git_ref, push.commit));
     tracing::info!(replica = %replica, "build started");
 
@@ -234,6 +216,29 @@ async fn watch_for_newer(state: &AppState, id: u64, push: &PushRequest, run: &Ru
 
 /// How often a running build looks for a newer push of its branch.
 const SUPERSEDE_POLL: Duration = Duration::from_secs(1);
+
+/// Marks the build running on this replica. If another replica ran it before and its job came
+/// back (that replica died), the steps it left running are marked failed and the log says so.
+async fn take_over(ctx: &Ctx<'_>, replica: &str) {
+    let mut interrupted = None;
+    ctx.update(|r| {
+        if r.state == BuildState::Running {
+            let running: Vec<String> = r.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
+            for name in running {
+                r.step_finished(&name, StepState::Failed);
+            }
+            interrupted = r.replica.clone();
+        }
+        r.state = BuildState::Running;
+        r.started_at.get_or_insert_with(OffsetDateTime::now_utc);
+        r.attempts += 1;
+        r.replica = Some(replica.to_string());
+    })
+    .await;
+    if let Some(previous) = interrupted {
+        ctx.log.line(&format!("[conveyor] {previous} stopped during this build; starting it again"));
+    }
+}
 
 /// Records the end of a build and closes its log.
 async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
@@ -400,8 +405,9 @@ async fn run_retry(state: &Arc<AppState>, id: u64) {
         Ok(None) => return tracing::warn!("retry of an unknown build"),
         Err(e) => return tracing::warn!(error = %e, "cannot read the build record for a retry"),
     };
-    if rec.state != BuildState::Queued {
-        return tracing::info!(state = ?rec.state, "retry job for a build that is not queued for a retry: nothing to do");
+    // Running: the replica that took this retry before died (the job came back).
+    if !matches!(rec.state, BuildState::Queued | BuildState::Running) {
+        return tracing::info!(state = ?rec.state, "retry job for a build that already ended: nothing to do");
     }
     let push = rec.push.clone();
     let (Some(repository), false) = (rec.repository.clone(), rec.tags.is_empty()) else {
@@ -409,13 +415,7 @@ async fn run_retry(state: &Arc<AppState>, id: u64) {
     };
     let tags = rec.tags.clone();
     let ctx = Ctx { state, rec: tokio::sync::Mutex::new(rec), log: state.logs.writer(id, state.masker.clone()) };
-    let replica = state.replica.clone();
-    ctx.update(|r| {
-        r.state = BuildState::Running;
-        r.attempts += 1;
-        r.replica = Some(replica);
-    })
-    .await;
+    take_over(&ctx, &state.replica).await;
     ctx.log.line(&format!("[conveyor] retry of build {id}: push and publish of the image built before"));
     let image = format!("{repository}:{}", tags[0]);
     if let Err(e) = state.docker.inspect_image(&image).await {
