@@ -219,14 +219,7 @@ impl ManifestRepo {
                             continue;
                         }
                     }
-                    let target = Target {
-                        app: &event.app,
-                        repository: &event.image.repository,
-                        tag: &event.image.tag,
-                        digest: &event.image.digest,
-                        pin_digest: placement.pin_digest,
-                        helm: placement.helm.as_ref().map(|h| (h.repository.as_str(), h.tag.as_str())),
-                    };
+                    let target = target_of(event, &placement);
                     let rewrite = match rewrite::rewrite_scope(root, &placement.scope, &target) {
                         Ok(r) => r,
                         Err(e @ rewrite::RewriteError::Verify { .. }) => {
@@ -320,15 +313,7 @@ impl ManifestRepo {
         let config = manifest_config::load(root).map_err(GitOpsError::Config)?;
         let placements = manifest_config::placements(config.as_ref(), root, event).map_err(GitOpsError::Config)?;
         for placement in placements.iter().filter(|p| p.held.is_none() || event.deploy.is_some()) {
-            let target = Target {
-                app: &event.app,
-                repository: &event.image.repository,
-                tag: &event.image.tag,
-                digest: &event.image.digest,
-                pin_digest: placement.pin_digest,
-                helm: placement.helm.as_ref().map(|h| (h.repository.as_str(), h.tag.as_str())),
-            };
-            rewrite::rewrite_scope(root, &placement.scope, &target)?;
+            rewrite::rewrite_scope(root, &placement.scope, &target_of(event, placement))?;
         }
         let diff = self.repo.diff_index_to_workdir(None, None)?;
         let mut text = String::new();
@@ -485,6 +470,18 @@ fn backoff(attempt: u32) -> Duration {
     let base = 50u64.saturating_mul(1 << attempt.min(6).saturating_sub(1)).min(2000);
     let jitter = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 50) as u64;
     Duration::from_millis(base + jitter)
+}
+
+/// What to write for `event` where `placement` says.
+fn target_of<'a>(event: &'a ImageBuilt, placement: &'a manifest_config::Placement) -> Target<'a> {
+    Target {
+        app: &event.app,
+        repository: &event.image.repository,
+        tag: &event.image.tag,
+        digest: &event.image.digest,
+        pin_digest: placement.pin_digest,
+        helm: placement.helm.as_ref().map(|h| (h.repository.as_str(), h.tag.as_str())),
+    }
 }
 
 const APP_TRAILER: &str = "Conveyor-App: ";
