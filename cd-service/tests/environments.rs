@@ -3,12 +3,12 @@
 //! events the configuration does not know are dead-lettered.
 
 mod common;
-use common::{applied, image_built, start_cd, RunningCd};
+use common::{applied, image_built, seeded_repo, start_cd, RunningCd};
 
 use std::{path::Path, process::Command};
 
 use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
-use conveyor_testkit::{copy_tree, BareRepo, TestNats, WorkClone};
+use conveyor_testkit::{BareRepo, TestNats, WorkClone};
 use serde_json::{json, Value};
 
 const REPO: &str = "registry.example.test/team/web";
@@ -36,11 +36,7 @@ async fn post_promote(cd: &RunningCd, body: Value) -> (u16, Value) {
 async fn builds_reach_auto_environments_and_production_moves_only_by_promotion() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bare = BareRepo::create(dir.path().join("manifests.git"));
-    let seed = WorkClone::init(dir.path().join("seed"), &bare);
-    copy_tree(Path::new(FIXTURE), &seed.path);
-    seed.commit_all("web with staging and production");
-    seed.push();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
     let cd = start(&nats, &bare).await;
 
     applied(&nats, nats.publish_event(&build("web", REPO, "v2", 1)).await).await;
@@ -103,11 +99,9 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
 async fn events_the_configuration_does_not_know_are_dead_lettered() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bare = BareRepo::create(dir.path().join("manifests.git"));
-    let seed = WorkClone::init(dir.path().join("seed"), &bare);
-    copy_tree(Path::new(FIXTURE), &seed.path);
-    seed.commit_all("web");
-    seed.push();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
+    // A human's clone, to break and fix conveyor.yaml later.
+    let seed = WorkClone::clone_of(dir.path().join("human"), &bare);
     let cd = start(&nats, &bare).await;
 
     nats.publish_event(&build("billing", "registry.example.test/team/billing", "v1", 1)).await;
@@ -158,11 +152,7 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
 async fn helm_key_paths_digest_pinning_and_the_trace_id_trailer() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bare = BareRepo::create(dir.path().join("manifests.git"));
-    let seed = WorkClone::init(dir.path().join("seed"), &bare);
-    copy_tree(Path::new(FIXTURE), &seed.path);
-    seed.commit_all("web and api");
-    seed.push();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
     let _cd = start(&nats, &bare).await;
 
     let mut ev = build("api", "registry.example.test/team/api", "0.2.0", 1);

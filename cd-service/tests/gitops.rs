@@ -13,7 +13,7 @@ use cd_service::{
     Config,
 };
 use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
-use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestSshd, WorkClone};
+use conveyor_testkit::{BareRepo, TestNats, TestSshd, WorkClone};
 
 const REPO: &str = "registry.example.test/team/web";
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests");
@@ -289,11 +289,7 @@ async fn every_format_is_rewritten_byte_exactly() {
     let formats = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/formats");
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bare = BareRepo::create(dir.path().join("manifests.git"));
-    let seed = WorkClone::init(dir.path().join("seed"), &bare);
-    copy_tree(&formats.join("before"), &seed.path);
-    seed.commit_all("manifests in every format");
-    seed.push();
+    let bare = seeded_repo(dir.path(), &formats.join("before"));
     let _cd = start_cd(&nats, &bare.url()).await;
 
     // An all-digit short SHA: plain YAML would read it as a number, so it must be quoted there.

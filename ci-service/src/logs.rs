@@ -69,7 +69,7 @@ impl Logs {
     pub fn writer(&self, id: u64, masker: Masker) -> LogWriter {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(append(self.js.clone(), subject(id), rx));
-        LogWriter { tx, task: Some(task), masker, lines: std::sync::atomic::AtomicUsize::new(0) }
+        LogWriter { tx, task, masker, lines: std::sync::atomic::AtomicUsize::new(0) }
     }
 
     /// The whole log so far.
@@ -128,7 +128,7 @@ enum Cmd {
 /// Appends one build's log lines; lines go out in chunks, in order.
 pub struct LogWriter {
     tx: mpsc::UnboundedSender<Cmd>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: tokio::task::JoinHandle<()>,
     masker: Masker,
     lines: std::sync::atomic::AtomicUsize,
 }
@@ -150,23 +150,12 @@ impl LogWriter {
     }
 
     /// Flushes the log and writes its end marker.
-    pub async fn close(mut self, end_state: &str) {
+    pub async fn close(self, end_state: &str) {
         let (done, wait) = tokio::sync::oneshot::channel();
         if self.tx.send(Cmd::End(end_state.to_string(), done)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
         }
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for LogWriter {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            // Let it flush what it has; the channel closing ends it.
-            drop(task);
-        }
+        self.task.abort();
     }
 }
 

@@ -171,10 +171,6 @@ impl Queue {
         self.ack_wait
     }
 
-    pub fn max_deliver(&self) -> i64 {
-        self.max_deliver
-    }
-
     pub async fn control(&self, notice: &Control) -> Result<(), QueueError> {
         let payload = Bytes::from(serde_json::to_vec(notice).expect("a notice always serializes"));
         self.js.client().publish(CONTROL_SUBJECT, payload).await.map_err(err)

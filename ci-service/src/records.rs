@@ -104,11 +104,6 @@ impl BuildRecord {
         }
     }
 
-    /// `repository:tag` of the image's first tag.
-    pub fn image(&self) -> Option<String> {
-        Some(format!("{}:{}", self.repository.as_ref()?, self.tags.first()?))
-    }
-
     /// The step that failed, if one did.
     pub fn failed_step(&self) -> Option<&str> {
         self.steps.iter().rev().find(|s| s.state == StepState::Failed).map(|s| s.name.as_str())

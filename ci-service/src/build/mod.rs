@@ -42,7 +42,6 @@ pub struct Running {
 }
 
 pub struct RunningBuild {
-    pub id: u64,
     token: CancellationToken,
     /// (the push has started, why it was cancelled)
     phase: Mutex<(bool, Option<String>)>,
@@ -77,7 +76,7 @@ impl RunningBuild {
 
 impl Running {
     fn register(&self, id: u64) -> Arc<RunningBuild> {
-        let build = Arc::new(RunningBuild { id, token: CancellationToken::new(), phase: Mutex::new((false, None)) });
+        let build = Arc::new(RunningBuild { token: CancellationToken::new(), phase: Mutex::new((false, None)) });
         self.builds.lock().expect("running lock is never poisoned").insert(id, build.clone());
         build
     }

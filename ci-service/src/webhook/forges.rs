@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{
-    app_from_repo_url, check_hmac, classify_ref, parse_json, signature, skips_ci, Intake, IntakeError, PushRequest, RefTarget, Source,
+    app_from_repo_url, authenticate, classify_ref, parse_json, skips_ci, Credential, Intake, IntakeError, PushRequest, RefTarget, Source,
 };
 use crate::secrets::WebhookSecrets;
 
@@ -36,7 +36,8 @@ struct HubPush {
     head_commit: Option<Commit>,
 }
 
-/// Any GitHub event: only the repository matters before it is authenticated.
+/// Any GitHub event: only the repository matters before it is authenticated (the payload is
+/// read again, fully, once the sender is known).
 #[derive(Debug, Deserialize)]
 struct AnyHubEvent {
     #[serde(default)]
@@ -110,7 +111,7 @@ fn hub(
         Some(r) => vec![r.full_name.as_str(), r.clone_url.as_str()],
         None => vec!["(no repository in payload)"],
     };
-    check_hmac(secrets, &names, signature, body)?;
+    authenticate(secrets, &names, Credential::Hmac { signature, body })?;
     match event {
         "ping" => Ok(Intake::Pong),
         "push" => {
@@ -169,16 +170,7 @@ pub fn gitlab(
         Some(p) => vec![p.path_with_namespace.as_str(), p.git_http_url.as_str()],
         None => vec!["(no project in payload)"],
     };
-    let allowed = secrets.for_repo(&names);
-    match token {
-        None if allowed.is_empty() && secrets.allow_unsigned => {}
-        None => return Err(IntakeError::Unauthorized(format!("missing X-Gitlab-Token for project {}", names[0]))),
-        Some(_) if allowed.is_empty() => {
-            return Err(IntakeError::Unauthorized(format!("no webhook secret is configured for project {}", names[0])))
-        }
-        Some(t) if signature::verify_token(allowed, t) => {}
-        Some(_) => return Err(IntakeError::Unauthorized(format!("X-Gitlab-Token does not match for project {}", names[0]))),
-    }
+    authenticate(secrets, &names, Credential::Token(token))?;
     if event != "Push Hook" && event != "Tag Push Hook" {
         return Ok(Intake::Ignore(format!("GitLab {event:?} events are not built")));
     }

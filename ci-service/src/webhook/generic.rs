@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{app_from_repo_url, check_hmac, classify_ref, parse_json, Intake, IntakeError, PushRequest, RefTarget, Source};
+use super::{app_from_repo_url, authenticate, classify_ref, parse_json, Credential, Intake, IntakeError, PushRequest, RefTarget, Source};
 use crate::secrets::WebhookSecrets;
 use conveyor_proto::validate;
 
@@ -34,7 +34,7 @@ pub fn intake(signature: Option<&str>, body: &[u8], secrets: &WebhookSecrets) ->
     if repo_url.is_empty() {
         return Err(IntakeError::Invalid("field `repo_url` must not be empty".into()));
     }
-    check_hmac(secrets, &[repo_url.as_str()], signature, body)?;
+    authenticate(secrets, &[repo_url.as_str()], Credential::Hmac { signature, body })?;
     push.into_intake(Source::Generic)
 }
 

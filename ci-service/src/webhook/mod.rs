@@ -128,17 +128,39 @@ pub(crate) fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, In
     })
 }
 
-/// Checks the HMAC signature of `body` for the repository known by `names`.
-pub(crate) fn check_hmac(secrets: &WebhookSecrets, names: &[&str], signature: Option<&str>, body: &[u8]) -> Result<(), IntakeError> {
+/// How a sender proves it knows the repository's secret.
+pub(crate) enum Credential<'a> {
+    /// `sha256=<hex>` or bare hex HMAC-SHA256 of the body.
+    Hmac { signature: Option<&'a str>, body: &'a [u8] },
+    /// The secret itself (GitLab's `X-Gitlab-Token`).
+    Token(Option<&'a str>),
+}
+
+/// Authenticates the sender of a notification for the repository known by `names`: the
+/// credential must match one of that repository's secrets; none is needed only when the
+/// repository has no secret and unsigned webhooks are allowed.
+pub(crate) fn authenticate(secrets: &WebhookSecrets, names: &[&str], credential: Credential<'_>) -> Result<(), IntakeError> {
     let allowed = secrets.for_repo(names);
-    match signature {
+    let (given, what) = match credential {
+        Credential::Hmac { signature, .. } => (signature, "signature"),
+        Credential::Token(token) => (token, "token"),
+    };
+    let refuse = |why: String| Err(IntakeError::Unauthorized(format!("{why} for repository {}", names[0])));
+    match given {
         None if allowed.is_empty() && secrets.allow_unsigned => Ok(()),
-        None => Err(IntakeError::Unauthorized(format!("missing signature header for repository {}", names[0]))),
-        Some(_) if allowed.is_empty() => {
-            Err(IntakeError::Unauthorized(format!("no webhook secret is configured for repository {}", names[0])))
+        None => refuse(format!("missing {what} header")),
+        Some(_) if allowed.is_empty() => refuse("no webhook secret is configured".into()),
+        Some(value) => {
+            let ok = match credential {
+                Credential::Hmac { body, .. } => signature::verify_hmac(allowed, body, value),
+                Credential::Token(_) => signature::verify_token(allowed, value),
+            };
+            if ok {
+                Ok(())
+            } else {
+                refuse(format!("{what} does not match"))
+            }
         }
-        Some(sig) if signature::verify_hmac(allowed, body, sig) => Ok(()),
-        Some(_) => Err(IntakeError::Unauthorized(format!("signature does not match for repository {}", names[0]))),
     }
 }
 
