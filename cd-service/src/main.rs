@@ -6,14 +6,15 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // `--probe http://127.0.0.1:8080/readyz`: the container image's health check.
+    conveyor_telemetry::probe::run_if_asked();
+    // Logs, and traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when dropped.
+    let telemetry = conveyor_telemetry::Telemetry::init("cd-service")?;
     let config = cd_service::Config::parse();
     let service = cd_service::Service::start(&config).await?;
     service.run(shutdown_signal()).await;
+    // Off the async threads: a gRPC export still in flight needs them to finish.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
 }
 

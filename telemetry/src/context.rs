@@ -1,0 +1,204 @@
+//! The W3C trace context (`traceparent`, `tracestate`) across process boundaries: read from an
+//! incoming HTTP request or NATS message to continue its trace, written into outgoing NATS
+//! headers and event fields, and turned into ids for logs, records and commit trailers. Without
+//! the OpenTelemetry layer installed every function here is a no-op that returns `None`.
+
+use std::collections::HashMap;
+
+use opentelemetry::{
+    global::{self, BoxedSpan},
+    propagation::{Extractor, Injector, TextMapPropagator},
+    trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _},
+    Context, KeyValue, Value,
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The trace id of `span` as 32 hex digits, if it has one.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| sc.trace_id().to_string())
+}
+
+/// The `traceparent` that makes a receiver's span a child of `span`.
+pub fn traceparent(span: &tracing::Span) -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
+
+/// The trace id inside a `traceparent` value.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let id = traceparent.split('-').nth(1)?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) && id.bytes().any(|b| b != b'0')).then_some(id)
+}
+
+/// Makes `span` a child of the trace context in these HTTP headers (an incoming `traceparent`
+/// is honoured). Call before the span is entered. False if there was no valid context.
+pub fn continue_from_http(span: &tracing::Span, headers: &http::HeaderMap) -> bool {
+    continue_from(span, &HttpHeaders(headers))
+}
+
+/// Makes `span` a child of the trace context in these NATS headers, else of `fallback` (a
+/// `traceparent` carried in the payload). Call before the span is entered.
+pub fn continue_from_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>, fallback: Option<&str>) -> bool {
+    if headers.is_some_and(|h| continue_from(span, &NatsHeaders(h))) {
+        return true;
+    }
+    fallback.is_some_and(|tp| continue_from(span, &HashMap::from([("traceparent".to_string(), tp.to_string())])))
+}
+
+/// Continues the trace of a `traceparent` value. Call before the span is entered.
+pub fn continue_from_traceparent(span: &tracing::Span, traceparent: &str) -> bool {
+    continue_from(span, &HashMap::from([("traceparent".to_string(), traceparent.to_string())]))
+}
+
+fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) -> bool {
+    let cx = TraceContextPropagator::new().extract(carrier);
+    if !cx.span().span_context().is_valid() {
+        return false;
+    }
+    span.set_parent(cx).is_ok()
+}
+
+/// Adds a link from `span` to the span a `traceparent` names (a replay to the build it replays,
+/// a batch's commit to each event's trace).
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    if let Some(sc) = remote_span_context(traceparent) {
+        span.add_link(sc);
+    }
+}
+
+fn remote_span_context(traceparent: &str) -> Option<SpanContext> {
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let cx: Context = TraceContextPropagator::new().extract(&carrier);
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then_some(sc)
+}
+
+/// Writes `span`'s context into outgoing NATS headers.
+pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
+    TraceContextPropagator::new().inject_context(&span.context(), &mut NatsHeadersMut(headers));
+}
+
+/// A server span made directly with the OpenTelemetry API instead of through `tracing`: the span
+/// every webhook opens, where a bridged `tracing` span (several µs: registry lookups, one
+/// attribute update per field) would be a measurable share of the request. It continues an
+/// incoming `traceparent`, buffers its attributes and sets them once when it ends.
+pub struct RequestSpan {
+    span: BoxedSpan,
+    cx: Context,
+    attributes: Vec<KeyValue>,
+    trace_id: Option<String>,
+}
+
+impl RequestSpan {
+    pub fn start(name: &'static str, route: &'static str, headers: &http::HeaderMap) -> RequestSpan {
+        let parent = TraceContextPropagator::new().extract(&HttpHeaders(headers));
+        let tracer = global::tracer("conveyor");
+        let span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", route)])
+            .start_with_context(&tracer, &parent);
+        let sc = span.span_context().clone();
+        let trace_id = sc.is_valid().then(|| sc.trace_id().to_string());
+        let cx = parent.with_remote_span_context(sc);
+        RequestSpan { span, cx, attributes: Vec::with_capacity(6), trace_id }
+    }
+
+    /// The trace id, when there is a trace (an incoming context, or telemetry installed).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// The `traceparent` that makes a receiver's span (a queued job's) a child of this one.
+    pub fn traceparent(&self) -> Option<String> {
+        let mut carrier = HashMap::new();
+        TraceContextPropagator::new().inject_context(&self.cx, &mut carrier);
+        carrier.remove("traceparent")
+    }
+
+    pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.attributes.push(KeyValue::new(key, value));
+    }
+
+    /// Ends the span with the answer's status (5xx marks it as an error).
+    pub fn end(mut self, status: u16, error_type: Option<&'static str>) {
+        self.attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+        if let Some(e) = error_type {
+            self.attributes.push(KeyValue::new("error.type", e));
+        }
+        self.span.set_attributes(std::mem::take(&mut self.attributes));
+        if status >= 500 {
+            self.span.set_status(Status::error(error_type.unwrap_or("server error")));
+        }
+        self.span.end();
+    }
+}
+
+struct HttpHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct NatsHeaders<'a>(&'a async_nats::HeaderMap);
+
+impl Extractor for NatsHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+struct NatsHeadersMut<'a>(&'a mut async_nats::HeaderMap);
+
+impl Injector for NatsHeadersMut<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_of_reads_only_valid_ids() {
+        assert_eq!(trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of("garbage"), None);
+    }
+
+    #[test]
+    fn a_request_span_continues_an_incoming_traceparent_even_without_telemetry() {
+        let mut h = http::HeaderMap::new();
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        let span = RequestSpan::start("receive", "/hooks/push", &h);
+        assert_eq!(span.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        let tp = span.traceparent().unwrap();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+        span.end(202, None);
+        let none = RequestSpan::start("receive", "/hooks/push", &http::HeaderMap::new());
+        assert_eq!((none.trace_id(), none.traceparent()), (None, None));
+    }
+
+    #[test]
+    fn without_the_layer_nothing_is_invented() {
+        let span = tracing::info_span!("x");
+        assert_eq!(trace_id(&span), None);
+        assert_eq!(traceparent(&span), None);
+        let mut h = async_nats::HeaderMap::new();
+        inject_nats(&span, &mut h);
+        assert!(h.get("traceparent").is_none());
+    }
+}

@@ -1,0 +1,146 @@
+//! What both services share to be observed: the log subscriber, OpenTelemetry traces exported
+//! over OTLP (HTTP/protobuf or gRPC, chosen and addressed by the standard `OTEL_*` variables),
+//! the W3C trace context carried across HTTP and NATS headers ([`context`]), and Prometheus text
+//! rendering ([`metrics`]), and the health probe its container images use ([`probe`]). It
+//! decides how things are reported, never what a service traces or counts.
+
+pub mod context;
+mod logfmt;
+pub mod metrics;
+pub mod probe;
+mod settings;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{trace::SdkTracerProvider, Resource};
+use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
+
+pub use settings::{Export, Protocol, Settings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("{var}={value:?} is not supported: use `http/protobuf` or `grpc`")]
+    Protocol { var: &'static str, value: String },
+    #[error("cannot build the OTLP {protocol} exporter for {endpoint}: {message}")]
+    Exporter { protocol: Protocol, endpoint: String, message: String },
+    #[error("a global tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(String),
+}
+
+/// The installed subscriber and trace pipeline. Dropping it (or [`Telemetry::shutdown`]) sends
+/// the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+    settings: Settings,
+}
+
+impl Telemetry {
+    /// Reads the settings from the environment and installs them (see [`Settings::from_env`]).
+    pub fn init(default_service_name: &str) -> Result<Self, TelemetryError> {
+        Self::install(Settings::from_env(default_service_name)?)
+    }
+
+    /// Installs the global subscriber: logs to stderr filtered by `settings.log_filter`, and,
+    /// unless tracing is disabled, an OpenTelemetry layer. Spans get trace ids even without an
+    /// exporter, so logs, build records and manifest commits carry them; they are only sent
+    /// when an endpoint is set.
+    pub fn install(settings: Settings) -> Result<Self, TelemetryError> {
+        let logs = tracing_subscriber::fmt::layer()
+            .fmt_fields(logfmt::Readable)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::EnvFilter::new(&settings.log_filter));
+        let provider = (!settings.disabled).then(|| build_provider(&settings)).transpose()?;
+        if let Some(p) = &provider {
+            // For the spans made directly with the OpenTelemetry API (see `context::RequestSpan`).
+            opentelemetry::global::set_tracer_provider(p.clone());
+        }
+        let traces = provider.as_ref().map(|p| {
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("conveyor"))
+                // Per-span extras nobody reads here, and each costs attributes on every request.
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
+                .with_filter(span_filter())
+        });
+        tracing_subscriber::registry().with(logs).with(traces).try_init().map_err(|e| TelemetryError::AlreadyInstalled(e.to_string()))?;
+        match &settings.export {
+            Some(e) if provider.is_some() => {
+                tracing::info!(protocol = %e.protocol, endpoint = %e.endpoint, service = %settings.service_name, "exporting traces over OTLP")
+            }
+            _ if settings.disabled => tracing::info!("tracing disabled (OTEL_SDK_DISABLED)"),
+            _ => tracing::info!(
+                "no OTLP endpoint set (OTEL_EXPORTER_OTLP_ENDPOINT): trace ids are kept in logs and records, nothing is exported"
+            ),
+        }
+        Ok(Self { provider, settings })
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Sends what is buffered and stops the exporter.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("telemetry: flushing spans at shutdown failed: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Which spans and events become OpenTelemetry data: the services' spans at INFO and above and
+/// their WARN and ERROR events (retries, failures: what a trace reader needs; an INFO line per
+/// webhook would cost every request an event), not the chatter of the HTTP and gRPC stacks
+/// (which would also trace the exporter's own requests).
+fn span_filter<S: tracing::Subscriber>() -> impl tracing_subscriber::layer::Filter<S> {
+    use tracing_subscriber::filter::FilterExt;
+    let notable = tracing_subscriber::filter::filter_fn(|meta| meta.is_span() || *meta.level() <= tracing::Level::WARN);
+    Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("opentelemetry", tracing::level_filters::LevelFilter::OFF)
+        .with_target("opentelemetry_sdk", tracing::level_filters::LevelFilter::OFF)
+        .with_target("opentelemetry_otlp", tracing::level_filters::LevelFilter::OFF)
+        .with_target("h2", tracing::level_filters::LevelFilter::OFF)
+        .with_target("hyper", tracing::level_filters::LevelFilter::OFF)
+        .with_target("hyper_util", tracing::level_filters::LevelFilter::OFF)
+        .with_target("tonic", tracing::level_filters::LevelFilter::OFF)
+        .with_target("tower", tracing::level_filters::LevelFilter::OFF)
+        .with_target("reqwest", tracing::level_filters::LevelFilter::OFF)
+        .and(notable)
+}
+
+fn build_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
+    // The SDK reads OTEL_TRACES_SAMPLER(_ARG) and OTEL_RESOURCE_ATTRIBUTES itself.
+    let resource = Resource::builder().with_service_name(settings.service_name.clone()).build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(export) = &settings.export {
+        let failed = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
+            protocol: export.protocol,
+            endpoint: export.endpoint.clone(),
+            message: e.to_string(),
+        };
+        let exporter = match export.protocol {
+            Protocol::HttpProtobuf => {
+                opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(&export.endpoint).build().map_err(failed)?
+            }
+            Protocol::Grpc => {
+                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&export.endpoint).build().map_err(failed)?
+            }
+        };
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
