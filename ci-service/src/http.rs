@@ -1,7 +1,10 @@
 //! The HTTP surface: webhook intake (`POST /hooks/push`, every format; it verifies, queues and
 //! answers 202 at once, it never builds) and the build API (`GET/POST /builds`,
 //! `GET /builds/{id}`, `GET /builds/{id}/logs` as text or Server-Sent Events,
-//! `POST /builds/{id}/cancel`, `POST /builds/{id}/retry`, `GET /healthz`).
+//! `POST /builds/{id}/cancel`, `POST /builds/{id}/retry`), and the operator's endpoints
+//! (`GET /healthz`, `GET /readyz`, `GET /metrics`). Each request that can start work opens the
+//! `receive` span that roots (or, given a `traceparent`, continues) the push's trace, and its
+//! answer carries the trace id.
 //! Errors are JSON `{ "error": <stable code>, "message": <text> }`; no input makes it panic.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -21,6 +24,8 @@ use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
+
+use conveyor_telemetry::context::RequestSpan;
 
 use crate::{
     logs::LogItem,
@@ -42,6 +47,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/builds/{id}/cancel", post(cancel_build))
         .route("/builds/{id}/retry", post(retry_build))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -92,33 +99,60 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", format!("{e}; retry later"))
 }
 
-async fn hook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = body?;
-    let push = match webhook::intake(&headers, &body, &state.secrets)? {
-        Intake::Pong => return Ok((StatusCode::OK, Json(json!({ "pong": true }))).into_response()),
-        Intake::Ignore(reason) => return Ok((StatusCode::OK, Json(json!({ "ignored": reason }))).into_response()),
-        Intake::Build(push) => push,
+/// Records the answer on the request's span (and ends it) and in the metrics.
+fn answered(state: &AppState, span: RequestSpan, result: Result<(Response, &'static str), ApiError>) -> Response {
+    let (response, outcome, error) = match result {
+        Ok((r, outcome)) => (r, outcome, None),
+        Err(e) => {
+            let code = e.code;
+            (e.into_response(), code, Some(code))
+        }
     };
-    let msg_id = Queue::push_msg_id(&push);
-    enqueue(&state, push, &msg_id).await
+    span.end(response.status().as_u16(), error);
+    state.metrics.webhook(outcome);
+    response
+}
+
+/// `POST /hooks/push`: in the `receive` span that roots the push's trace (or continues the
+/// caller's `traceparent`).
+async fn hook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut span = RequestSpan::start("receive", "/hooks/push", &headers);
+    let result = async {
+        let body = body?;
+        let push = match webhook::intake(&headers, &body, &state.secrets)? {
+            Intake::Pong => return Ok(((StatusCode::OK, Json(json!({ "pong": true }))).into_response(), "pong")),
+            Intake::Ignore(reason) => return Ok(((StatusCode::OK, Json(json!({ "ignored": reason }))).into_response(), "ignored")),
+            Intake::Build(push) => push,
+        };
+        let msg_id = Queue::push_msg_id(&push);
+        enqueue(&state, push, &msg_id, &mut span).await
+    }
+    .await;
+    answered(&state, span, result)
 }
 
 /// Queues a build and answers 202 with its number (200 with the first one's for a duplicate).
-async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str) -> Result<Response, ApiError> {
+/// The job carries the request span's trace context.
+async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str, span: &mut RequestSpan) -> Result<(Response, &'static str), ApiError> {
+    span.set("conveyor.app", push.app.clone());
+    span.set("vcs.ref.head.revision", push.commit.clone());
     let queued_at = OffsetDateTime::now_utc();
-    let queued = state.queue.enqueue_build(&push, queued_at, msg_id).await.map_err(unavailable)?;
+    let traceparent = span.traceparent();
+    let queued = state.queue.enqueue_build(&push, queued_at, msg_id, traceparent.as_deref()).await.map_err(unavailable)?;
+    span.set("conveyor.build.id", queued.id as i64);
+    let trace_id = span.trace_id();
     let location = format!("/builds/{}", queued.id);
     if queued.duplicate {
-        tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, "push already queued (duplicate)");
-        let body = json!({ "build_id": queued.id, "duplicate": true, "status_url": location });
-        return Ok((StatusCode::OK, [(header::LOCATION, location)], Json(body)).into_response());
+        tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, trace_id = trace_id.unwrap_or("-"), "push already queued (duplicate)");
+        let body = json!({ "build_id": queued.id, "duplicate": true, "status_url": location, "trace_id": trace_id });
+        return Ok(((StatusCode::OK, [(header::LOCATION, location)], Json(body)).into_response(), "duplicate"));
     }
     // One round trip: the job is the queued build (its record is written by the worker that
     // takes it; until then `GET` reads the job), and running builds of the same branch notice
     // the newer job themselves.
-    tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, git_ref = %push.git_ref, "push queued");
-    let body = json!({ "build_id": queued.id, "status_url": location });
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response())
+    tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, git_ref = %push.git_ref, trace_id = trace_id.unwrap_or("-"), "push queued");
+    let body = json!({ "build_id": queued.id, "status_url": location, "trace_id": trace_id });
+    Ok(((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response(), "queued"))
 }
 
 /// `POST /builds` `{repo_url, ref, commit, app?}`: a manual build, always a new one.
@@ -133,20 +167,21 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn manual_build(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let body = body?;
-    let push: GenericPush = webhook::parse_json(&body).map_err(ApiError::from)?;
-    let push = match push.into_intake(Source::Manual)? {
-        Intake::Build(push) => push,
-        Intake::Ignore(reason) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_build", reason)),
-        Intake::Pong => unreachable!("a generic push is never a ping"),
-    };
-    enqueue(&state, push, &format!("manual-{}", uuid::Uuid::now_v7())).await
+async fn manual_build(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let mut span = RequestSpan::start("receive", "/builds", &headers);
+    let result = async {
+        authorize(&state, &headers)?;
+        let body = body?;
+        let push: GenericPush = webhook::parse_json(&body).map_err(ApiError::from)?;
+        let push = match push.into_intake(Source::Manual)? {
+            Intake::Build(push) => push,
+            Intake::Ignore(reason) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_build", reason)),
+            Intake::Pong => unreachable!("a generic push is never a ping"),
+        };
+        enqueue(&state, push, &format!("manual-{}", uuid::Uuid::now_v7()), &mut span).await
+    }
+    .await;
+    answered(&state, span, result)
 }
 
 #[derive(Deserialize)]
@@ -159,10 +194,10 @@ async fn list_builds(State(state): State<Arc<AppState>>, Query(q): Query<ListQue
     let mut records = state.records.list(limit).await.map_err(unavailable)?;
     // Queued builds have no record yet: they are the newest jobs still in the queue.
     let known: std::collections::HashSet<u64> = records.iter().map(|r| r.id).collect();
-    for (id, job) in state.queue.newest_jobs(limit).await.map_err(unavailable)? {
+    for (id, job, trace_id) in state.queue.newest_jobs(limit).await.map_err(unavailable)? {
         if let Job::Build { push, queued_at } = job {
             if !known.contains(&id) && state.records.get(id).await.map_err(unavailable)?.is_none() {
-                records.push(BuildRecord::queued(id, &push, queued_at));
+                records.push(BuildRecord::queued(id, &push, queued_at, trace_id));
             }
         }
     }
@@ -182,7 +217,7 @@ async fn record(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
     }
     // Just queued, its record not written yet: the job in the queue says what it is.
     match state.queue.job(n).await.map_err(unavailable)? {
-        Some(Job::Build { push, queued_at }) => Ok(BuildRecord::queued(n, &push, queued_at)),
+        Some((Job::Build { push, queued_at }, trace_id)) => Ok(BuildRecord::queued(n, &push, queued_at, trace_id)),
         _ => Err(not_found(id)),
     }
 }
@@ -269,9 +304,17 @@ async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>
     Ok((StatusCode::ACCEPTED, Json(json!({ "build_id": rec.id, "cancelling": true }))).into_response())
 }
 
-async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let mut rec = record(&state, &id).await?;
+async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let mut span = RequestSpan::start("receive", "/builds/{id}/retry", &headers);
+    let result = retry(&state, &id, &headers, &mut span).await;
+    answered(&state, span, result)
+}
+
+/// Queues the push and publish of a build that failed there; the retry runs in this request's
+/// trace.
+async fn retry(state: &AppState, id: &str, headers: &HeaderMap, span: &mut RequestSpan) -> Result<(Response, &'static str), ApiError> {
+    authorize(state, headers)?;
+    let mut rec = record(state, id).await?;
     let retryable = rec.state == BuildState::Failed && matches!(rec.failed_step(), Some("push" | "publish")) && rec.repository.is_some();
     if !retryable {
         return Err(ApiError::new(
@@ -284,12 +327,50 @@ async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>,
             ),
         ));
     }
+    span.set("conveyor.app", rec.push.app.clone());
+    span.set("vcs.ref.head.revision", rec.push.commit.clone());
+    span.set("conveyor.build.id", rec.id as i64);
     rec.state = BuildState::Queued;
     rec.reason = None;
     rec.finished_at = None;
     state.records.put(&rec).await.map_err(unavailable)?;
-    state.queue.enqueue_retry(rec.id, rec.attempts).await.map_err(unavailable)?;
+    state.queue.enqueue_retry(rec.id, rec.attempts, span.traceparent().as_deref()).await.map_err(unavailable)?;
     let location = format!("/builds/{}", rec.id);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(json!({ "build_id": rec.id, "status_url": location })))
-        .into_response())
+    let body = json!({ "build_id": rec.id, "status_url": location, "trace_id": span.trace_id() });
+    Ok(((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(body)).into_response(), "retry_queued"))
+}
+
+/// Ready when NATS is connected and, for a replica that builds, the Docker Engine answers.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let mut failing = Vec::new();
+    if !state.queue.connected() {
+        failing.push("nats: not connected".to_string());
+    }
+    if state.config.workers > 0 {
+        match tokio::time::timeout(Duration::from_secs(2), state.docker.ping()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => failing.push(format!("docker: {e}")),
+            Err(_) => failing.push("docker: no answer within 2 s".to_string()),
+        }
+    }
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "failing": failing }))).into_response()
+    }
+}
+
+/// Prometheus metrics; the queue figures are read from JetStream at each scrape.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.queue.depth()).await {
+        Ok(Ok((jobs, pending, ack_pending, redelivered))) => {
+            state.metrics.queue_jobs.set(jobs as i64);
+            state.metrics.queue_pending.set(pending as i64);
+            state.metrics.queue_ack_pending.set(ack_pending as i64);
+            state.metrics.queue_redelivered.set(redelivered as i64);
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "queue depth not read for /metrics"),
+        Err(_) => tracing::debug!("queue depth not read for /metrics: timed out"),
+    }
+    ([(header::CONTENT_TYPE, conveyor_telemetry::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }

@@ -5,6 +5,7 @@ pub mod build;
 pub mod config;
 pub mod http;
 pub mod logs;
+pub mod metrics;
 pub mod pipeline;
 pub mod publish;
 pub mod queue;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub records: Records,
     pub logs: Logs,
     pub running: Running,
+    pub metrics: metrics::Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,7 @@ impl App {
             records,
             logs,
             running: Running::default(),
+            metrics: metrics::Metrics::default(),
         });
         Ok(Self { state, consumer, control })
     }

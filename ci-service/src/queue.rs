@@ -2,7 +2,8 @@
 //! one worker at a time; the worker reports progress while it builds and acks when the build
 //! ended, so a replica that dies mid-build leaves its job to be redelivered to another. The same
 //! commit of the same ref pushed again is dropped by `Nats-Msg-Id` de-duplication. Cancel
-//! requests travel on a plain NATS control subject every replica listens to.
+//! requests travel on a plain NATS control subject every replica listens to. Every job carries
+//! the trace context of the request that queued it in its `traceparent` header.
 
 use std::time::Duration;
 
@@ -97,42 +98,60 @@ impl Queue {
     }
 
     /// Queues a build; `msg_id` de-duplicates (a duplicate returns the first job's number).
-    pub async fn enqueue_build(&self, push: &PushRequest, queued_at: OffsetDateTime, msg_id: &str) -> Result<Enqueued, QueueError> {
+    /// `traceparent`: the trace context the build continues (the request's).
+    pub async fn enqueue_build(
+        &self,
+        push: &PushRequest,
+        queued_at: OffsetDateTime,
+        msg_id: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Enqueued, QueueError> {
         let job = Job::Build { push: push.clone(), queued_at };
-        self.publish(Self::job_subject(push), &job, msg_id).await
+        self.publish(Self::job_subject(push), &job, msg_id, traceparent).await
     }
 
-    pub async fn enqueue_retry(&self, build: u64, attempt: u32) -> Result<Enqueued, QueueError> {
-        self.publish(format!("conveyor.ci.retry.{build}"), &Job::Retry { build }, &format!("retry-{build}-{attempt}")).await
+    pub async fn enqueue_retry(&self, build: u64, attempt: u32, traceparent: Option<&str>) -> Result<Enqueued, QueueError> {
+        self.publish(format!("conveyor.ci.retry.{build}"), &Job::Retry { build }, &format!("retry-{build}-{attempt}"), traceparent).await
     }
 
-    async fn publish(&self, subject: String, job: &Job, msg_id: &str) -> Result<Enqueued, QueueError> {
+    async fn publish(&self, subject: String, job: &Job, msg_id: &str, traceparent: Option<&str>) -> Result<Enqueued, QueueError> {
         let mut headers = HeaderMap::new();
         headers.insert(conveyor_proto::headers::MSG_ID, msg_id);
+        if let Some(tp) = traceparent {
+            headers.insert(conveyor_proto::headers::TRACEPARENT, tp);
+        }
         let payload = Bytes::from(serde_json::to_vec(job).expect("a job always serializes"));
         let ack = self.js.publish_with_headers(subject, headers, payload).await.map_err(err)?.await.map_err(err)?;
         Ok(Enqueued { id: ack.sequence, duplicate: ack.duplicate })
     }
 
-    /// The job with this number, while it is queued or running (acked jobs leave the queue).
-    pub async fn job(&self, id: u64) -> Result<Option<Job>, QueueError> {
+    /// The job with this number and the trace id it carries, while it is queued or running
+    /// (acked jobs leave the queue).
+    pub async fn job(&self, id: u64) -> Result<Option<(Job, Option<String>)>, QueueError> {
         match self.stream.get_raw_message(id).await {
-            Ok(m) => Ok(serde_json::from_slice(&m.payload).ok()),
+            Ok(m) => {
+                let trace_id = m
+                    .headers
+                    .get(conveyor_proto::headers::TRACEPARENT)
+                    .and_then(|v| conveyor_telemetry::context::trace_id_of(v.as_str()))
+                    .map(str::to_string);
+                Ok(serde_json::from_slice(&m.payload).ok().map(|job| (job, trace_id)))
+            }
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(err(e)),
         }
     }
 
     /// The newest jobs still in the queue (queued or running), newest first, at most `limit`.
-    pub async fn newest_jobs(&self, limit: usize) -> Result<Vec<(u64, Job)>, QueueError> {
+    pub async fn newest_jobs(&self, limit: usize) -> Result<Vec<(u64, Job, Option<String>)>, QueueError> {
         let state = self.stream.clone().info().await.map_err(err)?.state.clone();
         let mut jobs = Vec::new();
         let mut seq = state.last_sequence;
         // Acked jobs leave gaps: look at a bounded window below the newest.
         let floor = state.first_sequence.max(state.last_sequence.saturating_sub(limit as u64 * 4));
         while seq >= floor && seq > 0 && jobs.len() < limit && state.messages > 0 {
-            if let Some(job) = self.job(seq).await? {
-                jobs.push((seq, job));
+            if let Some((job, trace_id)) = self.job(seq).await? {
+                jobs.push((seq, job, trace_id));
             }
             seq -= 1;
         }
@@ -165,6 +184,20 @@ impl Queue {
             )
             .await
             .map_err(err)
+    }
+
+    /// (jobs in the stream, and of the workers' consumer: not yet taken, taken and unfinished,
+    /// being redelivered), for the metrics.
+    pub async fn depth(&self) -> Result<(u64, u64, u64, u64), QueueError> {
+        let messages = self.stream.clone().info().await.map_err(err)?.state.messages;
+        let mut consumer: consumer::PullConsumer = self.stream.get_consumer(CONSUMER).await.map_err(err)?;
+        let info = consumer.info().await.map_err(err)?;
+        Ok((messages, info.num_pending, info.num_ack_pending as u64, info.num_redelivered as u64))
+    }
+
+    /// Whether the NATS connection is up.
+    pub fn connected(&self) -> bool {
+        self.js.client().connection_state() == async_nats::connection::State::Connected
     }
 
     pub fn ack_wait(&self) -> Duration {

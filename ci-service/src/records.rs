@@ -72,6 +72,10 @@ pub struct BuildRecord {
     pub event_sequence: Option<u64>,
     /// Why the build failed, was cancelled or skipped.
     pub reason: Option<String>,
+    /// The OpenTelemetry trace of the push (open it in Jaeger); also in the manifest commit's
+    /// `Conveyor-Trace-Id` trailer.
+    #[serde(default)]
+    pub trace_id: Option<String>,
     /// The replica that ran (or runs) it, and how many times it was started.
     pub replica: Option<String>,
     pub attempts: u32,
@@ -84,7 +88,7 @@ pub struct BuildRecord {
 }
 
 impl BuildRecord {
-    pub fn queued(id: u64, push: &PushRequest, queued_at: OffsetDateTime) -> Self {
+    pub fn queued(id: u64, push: &PushRequest, queued_at: OffsetDateTime, trace_id: Option<String>) -> Self {
         BuildRecord {
             id,
             push: push.clone(),
@@ -96,6 +100,7 @@ impl BuildRecord {
             event_id: None,
             event_sequence: None,
             reason: None,
+            trace_id,
             replica: None,
             attempts: 0,
             queued_at,
@@ -246,7 +251,7 @@ mod tests {
             source: Source::Generic,
             delivery: None,
         };
-        BuildRecord::queued(7, &push, OffsetDateTime::now_utc())
+        BuildRecord::queued(7, &push, OffsetDateTime::now_utc(), None)
     }
 
     #[test]

@@ -79,7 +79,7 @@ async fn handle(state: Arc<AppState>, message: async_nats::jetstream::Message) {
             }
         }
     }));
-    build::run_job(state, id, job, delivered).await;
+    build::run_job(state, id, job, delivered, message.headers.as_ref()).await;
     drop(heartbeat);
     for attempt in 1..=3 {
         match message.double_ack().await {

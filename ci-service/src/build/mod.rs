@@ -2,6 +2,9 @@
 //! (cancellable, each step under its own time limit) -> push -> publish (never cancelled once the
 //! push started; each retried with a bounded backoff). Every step is recorded with its timing;
 //! a failing step ends the build, so a red build never reaches the registry or the event stream.
+//! The build is the `pipeline` span (continuing the trace of the request that queued it) with
+//! one child span per step; a failing step marks its span and the pipeline's as errors, and the
+//! published event carries the `publish` span's context to cd-service.
 
 pub mod checkout;
 pub mod context;
@@ -15,9 +18,10 @@ use std::{
     time::Duration,
 };
 
+use conveyor_telemetry::context as trace_context;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::{field::Empty, Instrument};
 
 use crate::{
     pipeline,
@@ -119,7 +123,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// Runs a step: records start and end, turns its error into the build's failure reason.
+    /// Runs a step in its own span: records start and end, counts its duration, turns its error
+    /// into the build's failure reason (and the span's error).
     async fn step<T, E: std::fmt::Display>(
         &self,
         name: &'static str,
@@ -127,34 +132,107 @@ impl Ctx<'_> {
     ) -> Result<T, Stop> {
         self.update(|r| r.step_started(name)).await;
         self.log.line(&format!("[conveyor] step {name}"));
-        let result = fut.instrument(tracing::info_span!("step", step = name)).await;
+        let span = tracing::info_span!(
+            "step",
+            otel.name = name,
+            otel.kind = if name == "publish" { "producer" } else { "internal" },
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            conveyor.step = name,
+            container.image.name = Empty,
+            container.image.tags = Empty,
+            oci.manifest.digest = Empty,
+            messaging.system = Empty,
+            messaging.operation.type = Empty,
+            messaging.destination.name = Empty,
+            messaging.message.id = Empty,
+        );
+        let started = std::time::Instant::now();
+        let result = fut.instrument(span.clone()).await;
+        self.state.metrics.step(name, result.is_ok(), started.elapsed().as_secs_f64());
         let state = if result.is_ok() { StepState::Succeeded } else { StepState::Failed };
         self.update(|r| r.step_finished(name, state)).await;
-        result.map_err(|e| Stop::Failed(format!("{name}: {}", self.state.masker.mask(&e.to_string()))))
+        result.map_err(|e| {
+            let reason = self.state.masker.mask(&e.to_string()).into_owned();
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", reason.as_str());
+            span.in_scope(|| tracing::error!(error = %reason));
+            Stop::Failed(format!("{name}: {reason}"))
+        })
+    }
+
+    /// Runs `f` up to `step_attempts` times, waiting 1 s, 2 s, 4 s... between tries; each failed
+    /// try is a line in the build log, an event on the step's span and a counted retry.
+    async fn retry<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
+        &self,
+        what: &'static str,
+        mut f: impl FnMut() -> Fut,
+    ) -> Result<T, E> {
+        let attempts = self.state.config.step_attempts.max(1);
+        let mut n = 1;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if n < attempts => {
+                    let wait = Duration::from_secs(1 << (n - 1).min(5));
+                    let error = self.state.masker.mask(&e.to_string()).into_owned();
+                    self.log
+                        .line(&format!("[conveyor] {what} attempt {n} of {attempts} failed: {error}; retrying in {} s", wait.as_secs()));
+                    tracing::warn!(attempt = n, attempts, %error, retry_in_s = wait.as_secs(), "{what} failed; retrying");
+                    self.state.metrics.retried(what);
+                    tokio::time::sleep(wait).await;
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
-/// Runs one job to its end. `attempt` is the queue's delivery count.
-pub async fn run_job(state: Arc<AppState>, id: u64, job: Job, attempt: i64) {
-    match job {
-        Job::Build { push, queued_at } => {
-            let span = tracing::info_span!("build", build.id = id, app = %push.app, commit = %push.commit);
-            run_build(&state, id, push, queued_at, attempt).instrument(span).await
-        }
-        Job::Retry { build } => {
-            let span = tracing::info_span!("retry", build.id = build);
-            run_retry(&state, build).instrument(span).await
-        }
+/// Runs one job to its end, in a span that continues the trace in the job's `headers`.
+/// `attempt` is the queue's delivery count.
+pub async fn run_job(state: Arc<AppState>, id: u64, job: Job, attempt: i64, headers: Option<&async_nats::HeaderMap>) {
+    let (name, push) = match &job {
+        Job::Build { push, .. } => ("pipeline", Some(push)),
+        Job::Retry { .. } => ("retry", None),
+    };
+    let span = tracing::info_span!(
+        "pipeline",
+        otel.name = name,
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = crate::queue::STREAM,
+        conveyor.build.id = id,
+        conveyor.build.result = Empty,
+        conveyor.attempt = attempt,
+        conveyor.app = push.map(|p| p.app.as_str()),
+        vcs.repository.url.full = push.map(|p| p.repo_url.as_str()),
+        vcs.ref.head.name = push.map(|p| p.ref_name.as_str()),
+        vcs.ref.head.revision = push.map(|p| p.commit.as_str()),
+        trace_id = Empty,
+    );
+    trace_context::continue_from_nats(&span, headers, None);
+    if let Some(t) = trace_context::trace_id(&span) {
+        span.record("trace_id", t.as_str());
     }
+    state.metrics.running.inc();
+    match job {
+        Job::Build { push, queued_at } => run_build(&state, id, push, queued_at, attempt).instrument(span).await,
+        Job::Retry { build } => run_retry(&state, build).instrument(span).await,
+    }
+    state.metrics.running.dec();
 }
 
 async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at: OffsetDateTime, attempt: i64) {
     let rec = match state.records.get(id).await {
         Ok(Some(rec)) => rec,
-        Ok(None) => BuildRecord::queued(id, &push, queued_at),
+        Ok(None) => BuildRecord::queued(id, &push, queued_at, None),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the build record; starting from the job");
-            BuildRecord::queued(id, &push, queued_at)
+            BuildRecord::queued(id, &push, queued_at, None)
         }
     };
     if rec.state.is_finished() {
@@ -170,7 +248,8 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
     }
     let replica = state.replica.clone();
     take_over(&ctx, &replica).await;
-    ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt})", push.app, push.git_ref, push.commit));
+    let trace = trace_context::trace_id(&tracing::Span::current()).map(|t| format!(", trace {t}")).unwrap_or_default();
+    ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt}{trace})", push.app, push.git_ref, push.commit));
     tracing::info!(replica = %replica, "build started");
 
     let run = state.running.register(id);
@@ -220,7 +299,11 @@ const SUPERSEDE_POLL: Duration = Duration::from_secs(1);
 /// back (that replica died), the steps it left running are marked failed and the log says so.
 async fn take_over(ctx: &Ctx<'_>, replica: &str) {
     let mut interrupted = None;
+    let trace_id = trace_context::trace_id(&tracing::Span::current());
     ctx.update(|r| {
+        if trace_id.is_some() {
+            r.trace_id = trace_id;
+        }
         if r.state == BuildState::Running {
             let running: Vec<String> = r.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
             for name in running {
@@ -247,6 +330,13 @@ async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
         Some(r) => ctx.log.line(&format!("[conveyor] build {word}: {r}")),
         None => ctx.log.line(&format!("[conveyor] build {word}")),
     }
+    let span = tracing::Span::current();
+    span.record("conveyor.build.result", word.as_str());
+    if state == BuildState::Failed {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", reason.as_deref().unwrap_or("failed"));
+    }
+    ctx.state.metrics.build_ended(&word);
     match state {
         BuildState::Succeeded => tracing::info!("build succeeded"),
         _ => tracing::warn!(state = %word, reason = reason.as_deref().unwrap_or(""), "build ended"),
@@ -315,6 +405,9 @@ async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared,
         ("io.conveyor.build-id".to_string(), build_id.clone()),
     ]);
     ctx.step("build", async {
+        let span = tracing::Span::current();
+        span.record("container.image.name", repository.as_str());
+        span.record("container.image.tags", tags.join(",").as_str());
         let spec = docker::BuildSpec {
             context_dir: context_dir.clone(),
             dockerfile: &pipeline.dockerfile,
@@ -348,22 +441,25 @@ async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared,
 /// Push and publish: not cancellable; each retried with a bounded backoff.
 async fn release(ctx: &Ctx<'_>, push: &PushRequest, p: Prepared) -> Result<(), Stop> {
     let state = ctx.state;
-    let cfg = &state.config;
-    let attempts = cfg.step_attempts.max(1);
     let digest = ctx
         .step("push", async {
+            let span = tracing::Span::current();
+            span.record("container.image.name", p.repository.as_str());
+            span.record("container.image.tags", p.tags.join(",").as_str());
             let mut digest = String::new();
             for tag in &p.tags {
-                digest = retry(attempts, "push", &ctx.log, || async {
-                    tokio::time::timeout(
-                        p.push_timeout,
-                        docker::push_image(&state.docker, &p.repository, tag, state.registry_auth.clone(), &ctx.log),
-                    )
-                    .await
-                    .unwrap_or(Err(docker::DockerError::Timeout { step: "push", secs: p.push_timeout.as_secs() }))
-                })
-                .await?;
+                digest = ctx
+                    .retry("push", || async {
+                        tokio::time::timeout(
+                            p.push_timeout,
+                            docker::push_image(&state.docker, &p.repository, tag, state.registry_auth.clone(), &ctx.log),
+                        )
+                        .await
+                        .unwrap_or(Err(docker::DockerError::Timeout { step: "push", secs: p.push_timeout.as_secs() }))
+                    })
+                    .await?;
             }
+            span.record("oci.manifest.digest", digest.as_str());
             Ok::<_, docker::DockerError>(digest)
         })
         .await?;
@@ -374,7 +470,7 @@ async fn release(ctx: &Ctx<'_>, push: &PushRequest, p: Prepared) -> Result<(), S
         let rec = ctx.rec.lock().await;
         (rec.id, rec.started_at.unwrap_or_else(OffsetDateTime::now_utc))
     };
-    let event = ImageBuilt {
+    let mut event = ImageBuilt {
         version: EVENT_VERSION,
         // Stable across retries of this build, so a re-publish is de-duplicated downstream.
         event_id: format!("ci-{id}-{}", digest.strip_prefix("sha256:").unwrap_or(&digest).chars().take(12).collect::<String>()),
@@ -387,7 +483,18 @@ async fn release(ctx: &Ctx<'_>, push: &PushRequest, p: Prepared) -> Result<(), S
         traceparent: None,
         deploy: None,
     };
-    let sequence = ctx.step("publish", retry(attempts, "publish", &ctx.log, || state.publisher.publish(&event))).await?;
+    let sequence = ctx
+        .step("publish", async {
+            // cd-service continues the trace from here (the header, and the field as a fallback).
+            let span = tracing::Span::current();
+            event.traceparent = trace_context::traceparent(&span);
+            span.record("messaging.system", "nats");
+            span.record("messaging.operation.type", "publish");
+            span.record("messaging.destination.name", conveyor_proto::subject_for_app(&event.app).as_str());
+            span.record("messaging.message.id", event.event_id.as_str());
+            ctx.retry("publish", || state.publisher.publish(&event)).await
+        })
+        .await?;
     ctx.update(|r| {
         r.event_id = Some(event.event_id.clone());
         r.event_sequence = Some(sequence);
@@ -426,28 +533,6 @@ async fn run_retry(state: &Arc<AppState>, id: u64) {
     match outcome {
         Ok(()) => end(ctx, BuildState::Succeeded, None).await,
         Err(Stop::Failed(r) | Stop::Cancelled(r) | Stop::Skipped(r)) => end(ctx, BuildState::Failed, Some(r)).await,
-    }
-}
-
-/// Runs `f` up to `attempts` times, waiting 1 s, 2 s, 4 s... between tries.
-async fn retry<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
-    attempts: u32,
-    what: &str,
-    log: &crate::logs::LogWriter,
-    mut f: impl FnMut() -> Fut,
-) -> Result<T, E> {
-    let mut n = 1;
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if n < attempts => {
-                let wait = Duration::from_secs(1 << (n - 1).min(5));
-                log.line(&format!("[conveyor] {what} attempt {n} of {attempts} failed: {e}; retrying in {} s", wait.as_secs()));
-                tokio::time::sleep(wait).await;
-                n += 1;
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 

@@ -1,0 +1,97 @@
+//! What ci-service counts for Prometheus (`GET /metrics`): webhooks by outcome, builds by
+//! result, step durations, push and publish retries, builds running here, and the shared
+//! queue's depth (read from JetStream when scraped). It only counts; it never decides anything.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use conveyor_telemetry::metrics::duration_buckets;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Result_ {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Step {
+    pub step: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Retried {
+    pub step: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    webhooks: Family<Outcome, Counter>,
+    builds: Family<Result_, Counter>,
+    steps: Family<Step, Histogram>,
+    retries: Family<Retried, Counter>,
+    pub running: Gauge,
+    pub queue_jobs: Gauge,
+    pub queue_pending: Gauge,
+    pub queue_ack_pending: Gauge,
+    pub queue_redelivered: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("conveyor_ci");
+        let webhooks = Family::<Outcome, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook and manual build requests by outcome (queued, duplicate, ignored, pong, unauthorized, invalid, unavailable)",
+            webhooks.clone(),
+        );
+        let builds = Family::<Result_, Counter>::default();
+        registry.register("builds", "Builds that ended, by result (succeeded, failed, cancelled, skipped)", builds.clone());
+        let steps = Family::<Step, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
+        registry.register("step_duration_seconds", "Duration of build steps by step and result", steps.clone());
+        let retries = Family::<Retried, Counter>::default();
+        registry.register("step_retries", "Push and publish attempts that failed and were retried", retries.clone());
+        let running = Gauge::default();
+        registry.register("builds_running", "Builds running in this replica", running.clone());
+        let queue_jobs = Gauge::default();
+        registry.register("queue_jobs", "Jobs in the shared build queue (queued or running, all replicas)", queue_jobs.clone());
+        let queue_pending = Gauge::default();
+        registry.register("queue_pending", "Jobs no worker has taken yet (consumer lag)", queue_pending.clone());
+        let queue_ack_pending = Gauge::default();
+        registry.register("queue_ack_pending", "Jobs taken by a worker and not finished", queue_ack_pending.clone());
+        let queue_redelivered = Gauge::default();
+        registry.register("queue_redelivered", "Jobs being delivered again (their worker died or timed out)", queue_redelivered.clone());
+        Self { registry, webhooks, builds, steps, retries, running, queue_jobs, queue_pending, queue_ack_pending, queue_redelivered }
+    }
+}
+
+impl Metrics {
+    pub fn webhook(&self, outcome: &str) {
+        self.webhooks.get_or_create(&Outcome { outcome: outcome.to_string() }).inc();
+    }
+
+    pub fn build_ended(&self, result: &str) {
+        self.builds.get_or_create(&Result_ { result: result.to_string() }).inc();
+    }
+
+    pub fn step(&self, step: &str, ok: bool, seconds: f64) {
+        let result = if ok { "succeeded" } else { "failed" };
+        self.steps.get_or_create(&Step { step: step.to_string(), result: result.to_string() }).observe(seconds);
+    }
+
+    pub fn retried(&self, step: &str) {
+        self.retries.get_or_create(&Retried { step: step.to_string() }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        conveyor_telemetry::metrics::render(&self.registry)
+    }
+}
