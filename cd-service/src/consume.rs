@@ -4,7 +4,9 @@
 //! can never apply (invalid, or naming an image no manifest uses) go to the dead-letter stream
 //! with the reason, then are terminated; if that publish fails they are handed back instead, so
 //! nothing is lost. Transient failures nak the batch with a growing delay. Bad input never stops
-//! the loop.
+//! the loop. Each event is a `consume` span continuing the trace its message carries (the
+//! `traceparent` header, else the event's field); the batch's rewrite, commit and push hang
+//! from it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,8 +18,12 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use conveyor_telemetry::context;
+use tracing::field::Empty;
+
 use crate::{
     gitops::{BatchOutcome, ManifestRepo, Verdict},
+    metrics::Metrics,
     outcomes::{OutcomeRecord, Recent},
 };
 use conveyor_proto::{
@@ -50,9 +56,11 @@ pub struct ConsumeOptions {
 /// The consumer's connection: the message stream and the context for dead letters.
 pub struct Consumer {
     js: jetstream::Context,
+    consumer: jetstream::consumer::PullConsumer,
     messages: pull::Stream,
     opts: ConsumeOptions,
     recent: Arc<Recent>,
+    metrics: Arc<Metrics>,
 }
 
 /// What happened to one message (logged, and listed by `GET /outcomes`).
@@ -81,8 +89,19 @@ impl Outcome {
     }
 }
 
-fn record(recent: &Recent, msg: &Message, event: Option<&ImageBuilt>, outcome: &Outcome) {
+/// Remembers, counts and traces what happened to one message.
+fn record(seen: &Seen, span: &tracing::Span, msg: &Message, event: Option<&ImageBuilt>, outcome: &Outcome) {
     let (name, detail, commit) = outcome.parts();
+    span.record("conveyor.outcome", name);
+    if let Some(c) = &commit {
+        span.record("conveyor.manifest.commit", c.as_str());
+    }
+    if matches!(outcome, Outcome::DeadLettered(_) | Outcome::Retry(_)) {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", detail.as_deref().unwrap_or(name));
+    }
+    seen.metrics.event(name);
+    let recent = &seen.recent;
     recent.record(OutcomeRecord {
         sequence: sequence(msg),
         subject: msg.subject.to_string(),
@@ -92,6 +111,7 @@ fn record(recent: &Recent, msg: &Message, event: Option<&ImageBuilt>, outcome: &
         outcome: name,
         detail,
         commit,
+        trace_id: context::trace_id(span),
         at: time::OffsetDateTime::now_utc(),
     });
 }
@@ -118,12 +138,22 @@ impl Consumer {
             .await
             .map_err(|e| setup(e.to_string()))?;
         let messages = consumer.messages().await.map_err(|e| setup(e.to_string()))?;
-        Ok(Self { js, messages, opts, recent: Arc::default() })
+        Ok(Self { js, consumer, messages, opts, recent: Arc::default(), metrics: Arc::default() })
     }
 
     /// The outcomes of the latest events (for `GET /outcomes`).
     pub fn recent(&self) -> Arc<Recent> {
         self.recent.clone()
+    }
+
+    /// What this consumer counts (for `GET /metrics`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The durable consumer (its lag, for `GET /metrics`).
+    pub fn handle(&self) -> jetstream::consumer::PullConsumer {
+        self.consumer.clone()
     }
 
     /// The JetStream context (for publishing promotions).
@@ -163,22 +193,70 @@ impl Consumer {
                     Ok(None) | Err(_) => break,
                 }
             }
-            handle_batch(&repo, &self.js, &self.recent, batch).await;
+            let seen = Seen { recent: self.recent.clone(), metrics: self.metrics.clone() };
+            handle_batch(&repo, &self.js, &seen, batch).await;
         }
     }
 }
 
+/// Where outcomes go: the recent list (`GET /outcomes`) and the metrics.
+pub struct Seen {
+    pub recent: Arc<Recent>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The `consume` span of one message, continuing the trace it carries; a replay's is linked to
+/// the trace of the event it replays.
+fn consume_span(msg: &Message, event: Option<&ImageBuilt>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "consume",
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = %msg.subject,
+        messaging.message.id = event.map(|e| e.event_id.as_str()),
+        conveyor.sequence = sequence(msg),
+        conveyor.app = event.map(|e| e.app.as_str()),
+        container.image.name = event.map(|e| e.image.repository.as_str()),
+        conveyor.image.tag = event.map(|e| e.image.tag.as_str()),
+        oci.manifest.digest = event.map(|e| e.image.digest.as_str()),
+        conveyor.build.id = event.map(|e| e.build_id.as_str()),
+        conveyor.deploy.kind = event.and_then(|e| e.deploy.as_ref()).map(|d| d.kind.as_str()),
+        conveyor.outcome = Empty,
+        conveyor.manifest.commit = Empty,
+        trace_id = Empty,
+    );
+    context::continue_from_nats(&span, msg.headers.as_ref(), event.and_then(|e| e.traceparent.as_deref()));
+    if let Some(original) = event.and_then(|e| e.deploy.as_ref()).and_then(|d| d.of_traceparent.as_deref()) {
+        context::link_to(&span, original);
+    }
+    if let Some(t) = context::trace_id(&span) {
+        span.record("trace_id", t.as_str());
+    }
+    span
+}
+
 /// Applies one batch and settles every message in it.
-pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Context, recent: &Recent, batch: Vec<Message>) -> Vec<Outcome> {
+pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Context, seen: &Seen, batch: Vec<Message>) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut valid: Vec<(Message, ImageBuilt)> = Vec::new();
+    let mut valid: Vec<(Message, ImageBuilt, tracing::Span)> = Vec::new();
     for msg in batch {
         match ImageBuilt::from_json(&msg.payload) {
-            Ok(event) => valid.push((msg, event)),
+            Ok(event) => {
+                let span = consume_span(&msg, Some(&event));
+                valid.push((msg, event, span));
+            }
             Err(e) => {
-                tracing::error!(sequence = sequence(&msg), subject = %msg.subject, error = %e, "invalid event: dead-lettered, nothing written");
-                let outcome = dead_letter(js, &msg, &e.to_string()).await;
-                record(recent, &msg, None, &outcome);
+                let span = consume_span(&msg, None);
+                let outcome = async {
+                    tracing::error!(sequence = sequence(&msg), subject = %msg.subject, error = %e, "invalid event: dead-lettered, nothing written");
+                    dead_letter(js, &msg, &e.to_string()).await
+                }
+                .instrument(span.clone())
+                .await;
+                record(seen, &span, &msg, None, &outcome);
                 outcomes.push(outcome);
             }
         }
@@ -186,44 +264,48 @@ pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Conte
     if valid.is_empty() {
         return outcomes;
     }
-    let events: Vec<ImageBuilt> = valid.iter().map(|(_, e)| e.clone()).collect();
-    let span = tracing::info_span!("apply", events = events.len(), first_sequence = sequence(&valid[0].0));
+    let events: Vec<ImageBuilt> = valid.iter().map(|(_, e, _)| e.clone()).collect();
+    let spans: Vec<tracing::Span> = valid.iter().map(|(_, _, s)| s.clone()).collect();
+    let started = std::time::Instant::now();
     let result = async {
         let guard = repo.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || guard.apply_batch(&events)).await
+        tokio::task::spawn_blocking(move || guard.apply_traced(&events, &spans)).await
     }
-    .instrument(span.clone())
     .await;
+    seen.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+    let first = valid[0].2.clone();
     match result {
         Ok(Ok(BatchOutcome { commit, changes, verdicts, attempts })) => {
+            seen.metrics.push_retries.inc_by(u64::from(attempts.saturating_sub(1)));
             if let Some(c) = &commit {
+                seen.metrics.commits_pushed.inc();
                 let files: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
-                span.in_scope(|| tracing::info!(commit = %c, ?files, attempts, "manifest commit pushed"));
+                first.in_scope(|| tracing::info!(commit = %c, ?files, attempts, events = valid.len(), "manifest commit pushed"));
             }
-            for ((msg, event), verdict) in valid.iter().zip(verdicts) {
-                let outcome = settle(js, msg, event, verdict, commit.as_deref()).await;
-                record(recent, msg, Some(event), &outcome);
+            for ((msg, event, span), verdict) in valid.iter().zip(verdicts) {
+                let outcome = settle(js, msg, event, verdict, commit.as_deref()).instrument(span.clone()).await;
+                record(seen, span, msg, Some(event), &outcome);
                 outcomes.push(outcome);
             }
         }
         Ok(Err(e)) => {
-            let delay = redelivery_delay(valid.iter().map(|(m, _)| delivered(m)).max().unwrap_or(1));
-            span.in_scope(
-                || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying failed; handed back for redelivery"),
-            );
-            for (msg, event) in &valid {
+            let delay = redelivery_delay(valid.iter().map(|(m, _, _)| delivered(m)).max().unwrap_or(1));
+            for (msg, event, span) in &valid {
+                span.in_scope(
+                    || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying failed; handed back for redelivery"),
+                );
                 ack(msg, AckKind::Nak(Some(delay))).await;
                 let outcome = Outcome::Retry(e.to_string());
-                record(recent, msg, Some(event), &outcome);
+                record(seen, span, msg, Some(event), &outcome);
                 outcomes.push(outcome);
             }
         }
         Err(join) => {
-            tracing::error!(error = %join, "apply task panicked; handed back for redelivery");
-            for (msg, event) in &valid {
+            for (msg, event, span) in &valid {
+                span.in_scope(|| tracing::error!(error = %join, "apply task panicked; handed back for redelivery"));
                 ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
                 let outcome = Outcome::Retry(join.to_string());
-                record(recent, msg, Some(event), &outcome);
+                record(seen, span, msg, Some(event), &outcome);
                 outcomes.push(outcome);
             }
         }

@@ -20,6 +20,7 @@ use crate::{
 };
 use conveyor_proto::{ImageBuilt, IntentKind};
 use time::OffsetDateTime;
+use tracing::field::Empty;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitOpsError {
@@ -103,6 +104,21 @@ pub enum Verdict {
     Refused(String),
 }
 
+impl Verdict {
+    /// A stable word for spans and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Applied => "applied",
+            Verdict::AlreadyCurrent => "already_current",
+            Verdict::Pinned(_) => "pinned",
+            Verdict::Stale { .. } => "stale",
+            Verdict::NoReference => "no_reference",
+            Verdict::Held(_) => "held",
+            Verdict::Refused(_) => "refused",
+        }
+    }
+}
+
 /// The outcome of applying a batch of events.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BatchOutcome {
@@ -184,6 +200,15 @@ impl ManifestRepo {
     /// On a moved remote, re-syncs and re-derives the edits from the events on the new head
     /// (never a rebase of the old commits, never a force-push).
     pub fn apply_batch(&self, events: &[ImageBuilt]) -> Result<BatchOutcome, GitOpsError> {
+        self.apply_traced(events, &[])
+    }
+
+    /// [`ManifestRepo::apply_batch`], with `parents[i]` the span of event `i` (its `consume`):
+    /// each event's `rewrite` is a child of its own span; `commit` and `git.push` are children
+    /// of the first event they carry, linked to the others. Without parents, the current span.
+    pub fn apply_traced(&self, events: &[ImageBuilt], parents: &[tracing::Span]) -> Result<BatchOutcome, GitOpsError> {
+        let current = tracing::Span::current();
+        let parent = |i: usize| parents.get(i).unwrap_or(&current);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -194,11 +219,26 @@ impl ManifestRepo {
             let mut verdicts = Vec::with_capacity(events.len());
             let mut changes = Vec::new();
             // Per environment: the events that changed it and the paths they changed.
-            let mut per_env: BTreeMap<String, (Vec<&ImageBuilt>, Vec<String>)> = BTreeMap::new();
-            for event in events {
+            let mut per_env: BTreeMap<String, (Vec<usize>, Vec<String>)> = BTreeMap::new();
+            for (index, event) in events.iter().enumerate() {
+                let span = tracing::info_span!(
+                    parent: parent(index),
+                    "rewrite",
+                    otel.status_code = Empty,
+                    otel.status_description = Empty,
+                    conveyor.app = %event.app,
+                    container.image.name = %event.image.repository,
+                    conveyor.image.tag = %event.image.tag,
+                    conveyor.attempt = attempt,
+                    conveyor.verdict = Empty,
+                );
+                let _in_rewrite = span.enter();
                 let placements = match manifest_config::placements(config.as_ref(), root, event) {
                     Ok(p) => p,
                     Err(reason) => {
+                        span.record("otel.status_code", "ERROR");
+                        span.record("otel.status_description", reason.as_str());
+                        span.record("conveyor.verdict", "refused");
                         verdicts.push(Verdict::Refused(reason));
                         continue;
                     }
@@ -238,13 +278,13 @@ impl ManifestRepo {
                     if !rewrite.changes.is_empty() {
                         deployed.insert(key, event.build_started_at);
                         let entry = per_env.entry(placement.env).or_default();
-                        entry.0.push(event);
+                        entry.0.push(index);
                         entry.1.extend(rewrite.changes.iter().map(|c| c.path.clone()));
                         changes.extend(rewrite.changes);
                         applied = true;
                     }
                 }
-                verdicts.push(match (applied, refused, stale) {
+                let verdict = match (applied, refused, stale) {
                     (true, _, _) => Verdict::Applied,
                     (false, Some(reason), _) => Verdict::Refused(reason),
                     (false, None, Some(deployed_build_started_at)) if references == 0 => Verdict::Stale { deployed_build_started_at },
@@ -252,23 +292,62 @@ impl ManifestRepo {
                     _ if references == 0 => Verdict::NoReference,
                     _ if !pinned.is_empty() => Verdict::Pinned(pinned),
                     _ => Verdict::AlreadyCurrent,
-                });
+                };
+                span.record("conveyor.verdict", verdict.name());
+                if let Verdict::Refused(reason) = &verdict {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_description", reason.as_str());
+                }
+                verdicts.push(verdict);
             }
             if per_env.is_empty() {
                 return Ok(BatchOutcome { commit: None, changes, verdicts, attempts: attempt });
             }
             let mut last = None;
-            for (env, (env_events, paths)) in &per_env {
-                last = Some(self.commit(config.as_ref(), env, env_events, paths)?);
+            for (env, (indices, paths)) in &per_env {
+                let span = linked_span(
+                    parent,
+                    indices,
+                    || tracing::info_span!(parent: parent(indices[0]), "commit", conveyor.environment = %env, conveyor.manifest.commit = Empty, conveyor.events = indices.len()),
+                );
+                let _in_commit = span.enter();
+                let env_events: Vec<&ImageBuilt> = indices.iter().map(|&i| &events[i]).collect();
+                let oid = self.commit(config.as_ref(), env, &env_events, paths)?;
+                span.record("conveyor.manifest.commit", oid.to_string().as_str());
+                last = Some(oid);
             }
             let commit = last.expect("per_env is not empty").to_string();
+            let mut carried: Vec<usize> = per_env.values().flat_map(|(indices, _)| indices.iter().copied()).collect();
+            carried.sort_unstable();
+            carried.dedup();
+            let span = linked_span(parent, &carried, || {
+                tracing::info_span!(
+                    parent: parent(carried[0]),
+                    "git.push",
+                    otel.kind = "client",
+                    otel.status_code = Empty,
+                    otel.status_description = Empty,
+                    vcs.repository.url.full = %self.cfg.url,
+                    vcs.ref.head.name = %self.cfg.branch,
+                    vcs.ref.head.revision = %commit,
+                    conveyor.attempt = attempt,
+                    conveyor.push.result = Empty,
+                )
+            });
+            let _in_push = span.enter();
             match self.push() {
-                Ok(()) => return Ok(BatchOutcome { commit: Some(commit), changes, verdicts, attempts: attempt }),
+                Ok(()) => {
+                    span.record("conveyor.push.result", "pushed");
+                    return Ok(BatchOutcome { commit: Some(commit), changes, verdicts, attempts: attempt });
+                }
                 Err(PushFailure::Moved(reason)) if attempt < self.cfg.max_push_attempts => {
-                    tracing::info!(attempt, %reason, "manifest branch moved; re-applying on the new head");
+                    span.record("conveyor.push.result", "branch_moved");
+                    tracing::warn!(attempt, %reason, "manifest branch moved; re-applying on the new head");
                     std::thread::sleep(backoff(attempt));
                 }
                 Err(PushFailure::Moved(_)) => {
+                    span.record("conveyor.push.result", "gave_up");
+                    span.record("otel.status_code", "ERROR");
                     // Leave the clone on the remote's state, not on our unpushed commit.
                     let _ = self.sync();
                     return Err(GitOpsError::PushContention {
@@ -278,6 +357,9 @@ impl ManifestRepo {
                     });
                 }
                 Err(PushFailure::Fatal(e)) => {
+                    span.record("conveyor.push.result", "failed");
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_description", e.to_string().as_str());
                     let _ = self.sync();
                     return Err(e);
                 }
@@ -436,6 +518,16 @@ impl ManifestRepo {
 /// Removes `*.lock` files a killed process left in the clone's `.git` (index, HEAD, refs).
 /// Only this service writes to its clone, and only while running, so at start-up every lock is
 /// stale; left in place they would fail every later fetch and reset.
+/// A span made by `make` (a child of the first event it carries), linked to the spans of the
+/// other events it carries.
+fn linked_span<'a>(parent: impl Fn(usize) -> &'a tracing::Span, indices: &[usize], make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    let span = make();
+    for &i in indices.iter().skip(1) {
+        span.follows_from(parent(i));
+    }
+    span
+}
+
 fn remove_stale_locks(git_dir: &Path) {
     if !git_dir.is_dir() {
         return;
@@ -489,6 +581,7 @@ const STARTED_TRAILER: &str = "Conveyor-Build-Started-At: ";
 const ENV_TRAILER: &str = "Conveyor-Environment: ";
 const PROMOTION_TRAILER: &str = "Conveyor-Promotion: ";
 const REPLAY_TRAILER: &str = "Conveyor-Replay: ";
+const TRACE_TRAILER: &str = "Conveyor-Trace-Id: ";
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).expect("a UTC timestamp always formats as RFC 3339")
@@ -553,8 +646,13 @@ pub fn commit_message(config: Option<&ManifestConfig>, env: &str, events: &[&Ima
             Some(d) => m.push_str(&format!("{REPLAY_TRAILER}{} {} by {}\n", d.kind.as_str(), d.of_event, d.requested_by)),
             None => {}
         }
-        if let Some(trace_id) = e.traceparent.as_deref().and_then(|tp| tp.split('-').nth(1)) {
-            m.push_str(&format!("Conveyor-Trace-Id: {trace_id}\n"));
+        if let Some(trace_id) = e.traceparent.as_deref().and_then(conveyor_telemetry::context::trace_id_of) {
+            m.push_str(&format!("{TRACE_TRAILER}{trace_id}\n"));
+        }
+        if let Some(trace_id) =
+            e.deploy.as_ref().and_then(|d| d.of_traceparent.as_deref()).and_then(conveyor_telemetry::context::trace_id_of)
+        {
+            m.push_str(&format!("Conveyor-Original-Trace-Id: {trace_id}\n"));
         }
         m.push_str(&format!("{STARTED_TRAILER}{}\n", rfc3339(e.build_started_at)));
     }

@@ -1,15 +1,24 @@
 //! cd-service's HTTP surface: `POST /promote` (deploy an already built image to an environment,
 //! checked against the manifest repository's `conveyor.yaml`), `POST /replay` (redeploy or roll
 //! back to an earlier event's image), `GET /history` (what was deployed, newest first),
-//! `GET /outcomes` (what happened to the latest events, skips included) and `GET /healthz`. Errors are JSON
+//! `GET /outcomes` (what happened to the latest events, skips included), and the operator's
+//! `GET /healthz`, `GET /readyz` and `GET /metrics`. A promotion or replay is traced from its
+//! request (continuing an incoming `traceparent`) and linked to the trace of the build it
+//! deploys; its answer carries the trace id. Errors are JSON
 //! `{ "error": <stable code>, "message": <text> }`.
 
-use std::sync::Arc;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_nats::jetstream;
 use axum::{
     extract::{rejection::JsonRejection, Query, State},
-    http::StatusCode,
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -17,10 +26,12 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Mutex;
+use tracing::{field::Empty, Instrument};
 
 use crate::{
     gitops::ManifestRepo,
     manifest_config,
+    metrics::Metrics,
     outcomes::Recent,
     promote::{self, PromoteError},
     replay::{self, ReplayError},
@@ -30,6 +41,11 @@ pub struct HttpState {
     pub js: jetstream::Context,
     pub repo: Arc<Mutex<ManifestRepo>>,
     pub recent: Arc<Recent>,
+    pub metrics: Arc<Metrics>,
+    /// The durable consumer, for its lag.
+    pub consumer: jetstream::consumer::PullConsumer,
+    /// False once the consume loop has stopped.
+    pub consuming: Arc<AtomicBool>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -39,6 +55,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/history", get(history_handler))
         .route("/replay", post(replay_handler))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -66,7 +84,49 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(json!({ "error": code, "message": message.into() }))).into_response()
 }
 
-async fn promote_handler(State(state): State<Arc<HttpState>>, body: Result<Json<PromoteRequest>, JsonRejection>) -> Response {
+/// Runs a request that publishes a deploy in a server span (continuing an incoming
+/// `traceparent`) and records its answer there.
+async fn traced(
+    name: &'static str,
+    route: &'static str,
+    headers: &HeaderMap,
+    handle: impl std::future::Future<Output = Response>,
+) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = "POST",
+        http.route = route,
+        http.response.status_code = Empty,
+        trace_id = Empty,
+    );
+    conveyor_telemetry::context::continue_from_http(&span, headers);
+    if let Some(t) = conveyor_telemetry::context::trace_id(&span) {
+        span.record("trace_id", t.as_str());
+    }
+    let response = handle.instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
+fn current_trace_id() -> Option<String> {
+    conveyor_telemetry::context::trace_id(&tracing::Span::current())
+}
+
+async fn promote_handler(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Json<PromoteRequest>, JsonRejection>,
+) -> Response {
+    traced("promote", "/promote", &headers, promote_request(state, body)).await
+}
+
+async fn promote_request(state: Arc<HttpState>, body: Result<Json<PromoteRequest>, JsonRejection>) -> Response {
     let req = match body {
         Ok(Json(r)) => r,
         Err(r) => return error(r.status(), "invalid_request", r.body_text()),
@@ -95,8 +155,8 @@ async fn promote_handler(State(state): State<Arc<HttpState>>, body: Result<Json<
     match promote::promote(&state.js, &req.app, &req.environment, &req.tag, by).await {
         Ok((sequence, event)) => {
             tracing::info!(app = %req.app, env = %req.environment, tag = %req.tag, %by, sequence, "promotion queued");
-            (StatusCode::ACCEPTED, Json(json!({ "event_id": event.event_id, "sequence": sequence, "image": event.image.reference() })))
-                .into_response()
+            let body = json!({ "event_id": event.event_id, "sequence": sequence, "image": event.image.reference(), "trace_id": current_trace_id() });
+            (StatusCode::ACCEPTED, Json(body)).into_response()
         }
         Err(PromoteError::Invalid(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
         Err(e @ PromoteError::UnknownTag { .. }) => error(StatusCode::NOT_FOUND, "unknown_tag", e.to_string()),
@@ -159,7 +219,15 @@ pub struct ReplayBody {
     pub dry_run: bool,
 }
 
-async fn replay_handler(State(state): State<Arc<HttpState>>, body: Result<Json<ReplayBody>, JsonRejection>) -> Response {
+async fn replay_handler(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    body: Result<Json<ReplayBody>, JsonRejection>,
+) -> Response {
+    traced("replay", "/replay", &headers, replay_request(state, body)).await
+}
+
+async fn replay_request(state: Arc<HttpState>, body: Result<Json<ReplayBody>, JsonRejection>) -> Response {
     let b = match body {
         Ok(Json(b)) => b,
         Err(r) => return error(r.status(), "invalid_request", r.body_text()),
@@ -182,7 +250,8 @@ async fn replay_handler(State(state): State<Arc<HttpState>>, body: Result<Json<R
         dry_run: b.dry_run,
     };
     match replay::replay(&state.js, &state.repo, req).await {
-        Ok(plan) => {
+        Ok(mut plan) => {
+            plan.trace_id = current_trace_id();
             if plan.diff.is_none() {
                 tracing::info!(app = %plan.app, env = %plan.environment, image = %plan.image, kind = plan.kind.as_str(), of_sequence = plan.of_sequence, "replay queued");
             }
@@ -205,4 +274,35 @@ async fn replay_handler(State(state): State<Arc<HttpState>>, body: Result<Json<R
             error(status, code, e.to_string())
         }
     }
+}
+
+/// Ready when NATS is connected and the consume loop runs.
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let mut failing = Vec::new();
+    if state.js.client().connection_state() != async_nats::connection::State::Connected {
+        failing.push("nats: not connected");
+    }
+    if !state.consuming.load(Ordering::Relaxed) {
+        failing.push("consumer: stopped");
+    }
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "failing": failing }))).into_response()
+    }
+}
+
+/// Prometheus metrics; the consumer's lag is read from JetStream at each scrape.
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    let mut consumer = state.consumer.clone();
+    match tokio::time::timeout(Duration::from_secs(2), consumer.info()).await {
+        Ok(Ok(info)) => {
+            state.metrics.consumer_pending.set(info.num_pending as i64);
+            state.metrics.consumer_ack_pending.set(info.num_ack_pending as i64);
+            state.metrics.consumer_redelivered.set(info.num_redelivered as i64);
+        }
+        Ok(Err(e)) => tracing::debug!(error = %e, "consumer info not read for /metrics"),
+        Err(_) => tracing::debug!("consumer info not read for /metrics: timed out"),
+    }
+    ([(header::CONTENT_TYPE, conveyor_telemetry::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }

@@ -7,6 +7,7 @@ pub mod gitops;
 pub mod history;
 pub mod http;
 pub mod manifest_config;
+pub mod metrics;
 pub mod outcomes;
 pub mod promote;
 pub mod replay;
@@ -67,7 +68,15 @@ impl Service {
 
     /// Applies events and serves HTTP until `shutdown`; the batch in progress is finished first.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let state = Arc::new(http::HttpState { js: self.consumer.jetstream(), repo: self.repo.clone(), recent: self.consumer.recent() });
+        let consuming = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let state = Arc::new(http::HttpState {
+            js: self.consumer.jetstream(),
+            repo: self.repo.clone(),
+            recent: self.consumer.recent(),
+            metrics: self.consumer.metrics(),
+            consumer: self.consumer.handle(),
+            consuming: consuming.clone(),
+        });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = axum::serve(self.listener, http::router(state)).with_graceful_shutdown(async {
             let _ = http_stopped.await;
@@ -78,6 +87,7 @@ impl Service {
             }
         });
         self.consumer.run(self.repo, shutdown).await;
+        consuming.store(false, std::sync::atomic::Ordering::Relaxed);
         let _ = stop_http.send(());
         let _ = server.await;
     }

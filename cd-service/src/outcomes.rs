@@ -22,6 +22,8 @@ pub struct OutcomeRecord {
     pub outcome: &'static str,
     pub detail: Option<String>,
     pub commit: Option<String>,
+    /// The trace the event continued (open it in Jaeger).
+    pub trace_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
 }

@@ -56,7 +56,14 @@ pub async fn promote(
         requested_by: requested_by.to_string(),
         of_event: build.event_id.clone(),
         of_sequence: None,
+        of_traceparent: build.traceparent.clone(),
     });
+    // The promotion's own trace (this request's), linked to the build's.
+    let span = tracing::Span::current();
+    event.traceparent = conveyor_telemetry::context::traceparent(&span);
+    if let Some(tp) = &build.traceparent {
+        conveyor_telemetry::context::link_to(&span, tp);
+    }
     let (sequence, _) = publish_event(js, &event).await?;
     Ok((sequence, event))
 }

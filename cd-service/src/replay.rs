@@ -129,6 +129,8 @@ pub struct Plan {
     pub sequence: Option<u64>,
     /// The diff a dry run would commit.
     pub diff: Option<String>,
+    /// The trace of this replay (linked to the original build's).
+    pub trace_id: Option<String>,
 }
 
 /// Resolves the request against the stream and the manifest repository, then publishes the
@@ -190,7 +192,14 @@ pub async fn replay(js: &jetstream::Context, repo: &Mutex<ManifestRepo>, req: Re
         requested_by: req.requested_by.clone(),
         of_event: original.event_id.clone(),
         of_sequence: Some(of_sequence),
+        of_traceparent: original.traceparent.clone(),
     });
+    // The replay's own trace (this request's), linked to the original build's.
+    let span = tracing::Span::current();
+    event.traceparent = conveyor_telemetry::context::traceparent(&span);
+    if let Some(tp) = &original.traceparent {
+        conveyor_telemetry::context::link_to(&span, tp);
+    }
     let mut plan = Plan {
         app: req.app.clone(),
         environment: target_env,
@@ -202,6 +211,7 @@ pub async fn replay(js: &jetstream::Context, repo: &Mutex<ManifestRepo>, req: Re
         event_id: None,
         sequence: None,
         diff: None,
+        trace_id: None,
     };
     if req.dry_run {
         let repo = repo.lock().await;

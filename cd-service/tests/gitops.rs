@@ -4,7 +4,7 @@
 //! not stop the consumer; a concurrent outside push is kept; ssh failures name their cause.
 
 mod common;
-use common::{applied, image_built, seeded_repo, start_cd, try_start_cd, RunningCd};
+use common::{applied, image_built, race_the_next_push, seeded_repo, start_cd, start_cd_ssh};
 
 use std::path::Path;
 
@@ -186,23 +186,8 @@ async fn outside_commits_are_kept_and_a_moved_branch_is_retried() {
     human.commit_all("web: serve on 8080");
     human.push();
 
-    // And another push lands while cd-service is pushing: the first pre-receive makes an outside
-    // commit through a separate push, so cd-service's push finds the branch moved.
-    let marker = dir.path().join("raced");
-    let hook = dir.path().join("pre-receive");
-    std::fs::write(
-        &hook,
-        format!(
-            "#!/bin/sh\n[ -e '{m}' ] && exit 0\ntouch '{m}'\nunset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_DIR\n\
-             t=$(mktemp -d) && git clone -q '{r}' \"$t/w\" && cd \"$t/w\" && echo racing > RACE.md && git add RACE.md && \
-             git -c user.name=racer -c user.email=r@x commit -qm 'racing commit' && git push -q origin main >/dev/null 2>&1\nexit 0\n",
-            m = marker.display(),
-            r = bare.url()
-        ),
-    )
-    .unwrap();
-    bare.install_hook("pre-receive", &hook);
-
+    // And another push lands while cd-service is pushing, so its push finds the branch moved.
+    let marker = race_the_next_push(dir.path(), &bare);
     applied(&nats, nats.publish_event(&event("web", REPO, "v3")).await).await;
     assert!(marker.exists(), "the racing push happened");
     let log = bare.log_oneline("main");
@@ -218,15 +203,6 @@ fn ssh_repo_config(url: &str, key: &Path, known_hosts: &Path, workdir: &Path) ->
     cfg.ssh_key = Some(key.to_path_buf());
     cfg.known_hosts = Some(known_hosts.to_path_buf());
     cfg.repo_config()
-}
-
-async fn start_cd_ssh(nats: &TestNats, sshd: &TestSshd, bare: &BareRepo) -> RunningCd {
-    try_start_cd(nats, &sshd.url_for(&bare.path), |cfg| {
-        cfg.ssh_key = Some(sshd.deploy_key());
-        cfg.known_hosts = Some(sshd.known_hosts());
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()))
 }
 
 #[tokio::test(flavor = "multi_thread")]

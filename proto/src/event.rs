@@ -55,6 +55,9 @@ pub struct DeployIntent {
     /// That event's stream sequence, when known (replays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub of_sequence: Option<u64>,
+    /// That event's W3C `traceparent`, so the redeploy's trace links to the original build's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub of_traceparent: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +135,9 @@ impl ImageBuilt {
             validate::environment(&d.environment)?;
             validate::non_empty("deploy.requested_by", &d.requested_by)?;
             validate::non_empty("deploy.of_event", &d.of_event)?;
+            if let Some(tp) = &d.of_traceparent {
+                validate::traceparent(tp)?;
+            }
         }
         Ok(())
     }
@@ -225,6 +231,7 @@ mod tests {
         promo.event_id = "promo-1".into();
         promo.deploy = Some(DeployIntent {
             of_sequence: None,
+            of_traceparent: None,
             kind: IntentKind::Promotion,
             environment: "production".into(),
             requested_by: "alice".into(),

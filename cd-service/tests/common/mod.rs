@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use cd_service::{Config, Service, StartError};
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
-use conveyor_testkit::{copy_tree, BareRepo, TestNats, WorkClone};
+use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestSshd, WorkClone};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
@@ -70,4 +70,35 @@ pub async fn start_cd(nats: &TestNats, url: &str) -> RunningCd {
 /// Waits until the consumer has handled (acked or terminated) stream sequence `seq`.
 pub async fn applied(nats: &TestNats, seq: u64) {
     nats.wait_consumer_done(EVENTS_STREAM, "cd-service", seq, Duration::from_secs(30)).await;
+}
+
+/// cd-service pushing to `bare` over ssh with the test sshd's deploy key and pinned host key.
+pub async fn start_cd_ssh(nats: &TestNats, sshd: &TestSshd, bare: &BareRepo) -> RunningCd {
+    try_start_cd(nats, &sshd.url_for(&bare.path), |cfg| {
+        cfg.ssh_key = Some(sshd.deploy_key());
+        cfg.known_hosts = Some(sshd.known_hosts());
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nsshd log:\n{}", sshd.log()))
+}
+
+/// Makes the next push to `bare` (over ssh: the server runs hooks) find the branch moved: its
+/// pre-receive hook first pushes an outside commit (`RACE.md`) through a separate clone. Returns
+/// a marker file that exists once the race happened.
+pub fn race_the_next_push(dir: &Path, bare: &BareRepo) -> std::path::PathBuf {
+    let marker = dir.join("raced");
+    let hook = dir.join("pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\n[ -e '{m}' ] && exit 0\ntouch '{m}'\nunset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES GIT_DIR\n\
+             t=$(mktemp -d) && git clone -q '{r}' \"$t/w\" && cd \"$t/w\" && echo racing > RACE.md && git add RACE.md && \
+             git -c user.name=racer -c user.email=r@x commit -qm 'racing commit' && git push -q origin main >/dev/null 2>&1\nexit 0\n",
+            m = marker.display(),
+            r = bare.url()
+        ),
+    )
+    .expect("write the racing hook");
+    bare.install_hook("pre-receive", &hook);
+    marker
 }
