@@ -57,6 +57,11 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> anyhow::Result<Stack> {
+        Stack::start_with(&[]).await
+    }
+
+    /// Starts the stack with extra environment variables for both services (e.g. `OTEL_*`).
+    pub async fn start_with(env: &[(&str, String)]) -> anyhow::Result<Stack> {
         TestDocker::ensure(&[FLASK_BASE_IMAGE]);
         let bins = bin_dir()?;
         let nats = TestNats::start().await;
@@ -85,6 +90,7 @@ impl Stack {
             .env("CONVEYOR_MANIFEST_REPO", manifest_repo.url())
             .env("CONVEYOR_WORKDIR", d.join("cd-work"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(cd_log)
             .spawn()
@@ -105,6 +111,7 @@ impl Stack {
             .env("CONVEYOR_BUILD_ARGS", format!("BASE_IMAGE={FLASK_BASE_IMAGE}"))
             .env("CONVEYOR_WEBHOOK_SECRET", &webhook_secret)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(ci_log)
             .spawn()

@@ -7,6 +7,7 @@ pub mod docker;
 pub mod git;
 pub mod https;
 pub mod nats;
+pub mod otlp;
 pub mod registry;
 pub mod ssh;
 
