@@ -6,80 +6,17 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{ensure, Context};
 use ci_service::{secrets::Secret, webhook::signature};
-use conveyor_benches::{env_num, ms, percentile, rss_kib, verdict};
-use conveyor_testkit::{copy_tree, free_port, BareRepo, ChildGuard, TestNats, TestRegistry, WorkClone};
-
-const SECRET: &str = "bench-webhook-secret";
-
-struct Ci {
-    url: String,
-    child: ChildGuard,
-}
-
-async fn start_ci(bin: &Path, nats: &TestNats, registry: &str, workers: u16, dir: &Path) -> anyhow::Result<Ci> {
-    let port = free_port();
-    let log = std::fs::File::create(dir.join(format!("ci-service-{port}.log")))?;
-    let child = Command::new(bin.join("ci-service"))
-        .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CONVEYOR_NATS_URL", &nats.url)
-        .env("CONVEYOR_REGISTRY", registry)
-        .env("CONVEYOR_WORKDIR", dir.join(format!("work-{port}")))
-        .env("CONVEYOR_WORKERS", workers.to_string())
-        .env("CONVEYOR_WEBHOOK_SECRET", SECRET)
-        .env("CONVEYOR_TEST_COMMAND", "sh /app/run-tests.sh")
-        .env("RUST_LOG", std::env::var("BENCH_CI_LOG").unwrap_or_else(|_| "info".into()))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start ci-service (run benches/run)")?;
-    let ci = Ci { url: format!("http://127.0.0.1:{port}"), child: ChildGuard(child) };
-    let health = format!("{}/healthz", ci.url);
-    conveyor_testkit::wait_until("ci-service to answer", Duration::from_secs(30), || {
-        let health = health.clone();
-        async move { reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) }
-    })
-    .await;
-    Ok(ci)
-}
-
-/// Distinct signed GitHub push webhooks: (body, signature header).
-fn webhooks(n: usize, offset: usize) -> Vec<(Vec<u8>, String)> {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci-service/tests/fixtures/webhooks/github-push.json");
-    let template: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture).expect("fixture")).expect("json");
-    (offset..offset + n)
-        .map(|i| {
-            let mut push = template.clone();
-            let sha = format!("{:040x}", i + 1);
-            push["after"] = sha.clone().into();
-            push["head_commit"]["id"] = sha.into();
-            let body = serde_json::to_vec(&push).expect("json");
-            let sig = format!("sha256={}", signature::sign(&Secret::new(SECRET), &body));
-            (body, sig)
-        })
-        .collect()
-}
-
-async fn send(client: &reqwest::Client, url: &str, body: &[u8], sig: &str) -> anyhow::Result<u16> {
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-github-event", "push")
-        .header("x-hub-signature-256", sig)
-        .body(body.to_vec())
-        .send()
-        .await?;
-    Ok(resp.status().as_u16())
-}
+use conveyor_benches::{
+    env_num, ms, percentile, rss_kib, verdict,
+    webhooks::{closed_loop, send, start_ci, webhooks, SECRET},
+};
+use conveyor_testkit::{copy_tree, BareRepo, TestNats, TestRegistry, WorkClone};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -94,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
 
     // An API-only replica (no workers): intake only, as the floors define it.
     let nats = TestNats::start().await;
-    let ci = start_ci(&bin, &nats, "127.0.0.1:5000", 0, dir.path()).await?;
+    let ci = start_ci(&bin, &nats, "127.0.0.1:5000", 0, dir.path(), &[]).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let idle_rss = rss_kib(ci.child.0.id());
     let url = format!("{}/hooks/push", ci.url);
@@ -105,33 +42,7 @@ async fn main() -> anyhow::Result<()> {
         ensure!(send(&client, &url, &body, &sig).await? == 202, "warm-up webhook refused");
     }
     let bodies = Arc::new(webhooks(closed_n, 0));
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (client, url, bodies, next) = (client.clone(), url.clone(), bodies.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut refused = 0;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((body, sig)) = bodies.get(i) else { break };
-                let t = Instant::now();
-                match send(&client, &url, body, sig).await {
-                    Ok(202) => lat.push(t.elapsed()),
-                    _ => refused += 1,
-                }
-            }
-            (lat, refused)
-        }));
-    }
-    let (mut closed_lat, mut refused) = (Vec::new(), 0);
-    for t in tasks {
-        let (l, r) = t.await?;
-        closed_lat.extend(l);
-        refused += r;
-    }
-    let closed_elapsed = start.elapsed();
+    let (mut closed_lat, refused, closed_elapsed) = closed_loop(&client, &url, bodies, connections).await?;
     closed_lat.sort();
     let throughput = closed_lat.len() as f64 / closed_elapsed.as_secs_f64();
 
@@ -173,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Push accepted -> build started, with a free worker: sequential pushes of a small real app.
     let (nats2, registry) = (TestNats::start().await, TestRegistry::start().await);
-    let ci = start_ci(&bin, &nats2, &registry.addr, 1, dir.path()).await?;
+    let ci = start_ci(&bin, &nats2, &registry.addr, 1, dir.path(), &[]).await?;
     let bare = BareRepo::create(dir.path().join("busybox-app.git"));
     let work = WorkClone::init(dir.path().join("app"), &bare);
     copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci-service/tests/fixtures/busybox-app"), &work.path);

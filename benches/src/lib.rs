@@ -1,4 +1,7 @@
-//! What the benchmark programs share: knobs from the environment, percentiles, a process's RSS.
+//! What the benchmark programs share: knobs from the environment, percentiles, a process's RSS,
+//! and webhook load for ci-service ([`webhooks`]).
+
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -11,6 +14,17 @@ pub fn env_num(name: &str, default: usize) -> usize {
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at "state"; utime and stime
+    // are the 12th and 13th of those, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// The `p` quantile (0..=1) of sorted durations.

@@ -1,0 +1,144 @@
+//! The cost of tracing on ci-service's webhook throughput (issue 6: under 5%). The same closed
+//! loop of signed GitHub push webhooks as ci-webhooks, against the release binary in three
+//! settings, interleaved round by round so drift hits all alike:
+//!   off       OTEL_SDK_DISABLED=true: no OpenTelemetry at all (the baseline);
+//!   ids only  no endpoint: spans and trace ids are made (logs, records), nothing is sent;
+//!   exported  every span sent over OTLP/HTTP to a receiver in this process, which decodes the
+//!             protobuf and counts the spans (so the figure includes real export work).
+//! Each setting's figure is the median of its rounds; the order rotates from round to round. The
+//! overhead is the median over rounds of each round's own ratio to "off" (the settings of one
+//! round run within a minute of each other, so a slow spell of a shared machine hits them alike).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{ensure, Context};
+use conveyor_benches::{
+    cpu_time, env_num, verdict,
+    webhooks::{closed_loop, send, start_ci, webhooks},
+};
+use conveyor_testkit::{otlp::OtlpReceiver, TestNats};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Off,
+    IdsOnly,
+    Exported,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off (OTEL_SDK_DISABLED=true)",
+            Mode::IdsOnly => "ids only (no endpoint)",
+            Mode::Exported => "exported over OTLP/HTTP",
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> anyhow::Result<()> {
+    let connections = env_num("BENCH_CONNECTIONS", 32);
+    let per_round = env_num("BENCH_TRACING_WEBHOOKS", 20_000);
+    let rounds = env_num("BENCH_TRACING_ROUNDS", 5);
+    let bin = PathBuf::from(std::env::var("CONVEYOR_BIN_DIR").context("CONVEYOR_BIN_DIR: run benches/run")?);
+    let dir = tempfile::tempdir()?;
+    println!("ci-tracing: webhooks accepted per second with tracing off, ids only, and exported ({rounds} rounds of {per_round}, {connections} connections)");
+
+    let nats = TestNats::start().await;
+    let receiver = OtlpReceiver::start().await;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(connections * 2).build()?;
+    // BENCH_TRACING_MODES=off,ids,exported (all by default): a subset, e.g. to profile one.
+    let wanted = std::env::var("BENCH_TRACING_MODES").unwrap_or_else(|_| "off,ids,exported".into());
+    let modes: Vec<Mode> = [("off", Mode::Off), ("ids", Mode::IdsOnly), ("exported", Mode::Exported)]
+        .into_iter()
+        .filter(|(n, _)| wanted.split(',').any(|w| w.trim() == *n))
+        .map(|(_, m)| m)
+        .collect();
+    ensure!(!modes.is_empty(), "BENCH_TRACING_MODES names none of off, ids, exported");
+    let mut results: Vec<(Mode, Vec<(f64, f64)>)> = modes.iter().map(|m| (*m, Vec::new())).collect();
+    let mut offset = 0;
+    let mut exported_sent = 0;
+    for round in 0..rounds {
+        // Each round starts with another setting, so no setting always runs first or last.
+        let n = results.len();
+        for k in 0..n {
+            let (mode, figures) = &mut results[(round + k) % n];
+            let env = match mode {
+                Mode::Off => vec![("OTEL_SDK_DISABLED", "true".to_string())],
+                Mode::IdsOnly => vec![],
+                Mode::Exported => {
+                    let mut env = vec![
+                        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_base.clone()),
+                        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+                    ];
+                    if std::env::var("BENCH_TRACING_BSP").as_deref() != Ok("default") {
+                        // Room for every span of a round, so none is dropped and all are paid for.
+                        env.push(("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_string()));
+                        env.push(("OTEL_BSP_SCHEDULE_DELAY", "500".to_string()));
+                        env.push(("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048".to_string()));
+                    }
+                    env
+                }
+            };
+            let ci = start_ci(&bin, &nats, "127.0.0.1:5000", 0, dir.path(), &env).await?;
+            let url = format!("{}/hooks/push", ci.url);
+            for (body, sig) in webhooks(200, 50_000_000 + offset) {
+                ensure!(send(&client, &url, &body, &sig).await? == 202, "warm-up webhook refused");
+            }
+            offset += 200;
+            let bodies = Arc::new(webhooks(per_round, offset));
+            offset += per_round;
+            let cpu_before = cpu_time(ci.child.0.id()).unwrap_or_default();
+            let (lat, refused, elapsed) = closed_loop(&client, &url, bodies, connections).await?;
+            let cpu = cpu_time(ci.child.0.id()).unwrap_or_default().saturating_sub(cpu_before);
+            ensure!(refused == 0, "{refused} webhooks refused in mode {}", mode.name());
+            let rate = lat.len() as f64 / elapsed.as_secs_f64();
+            let cpu_per = cpu.as_secs_f64() * 1e6 / lat.len() as f64;
+            println!("  round {}: {:<28} {rate:>8.0} req/s, ci-service CPU {cpu_per:.0} µs per webhook", round + 1, mode.name());
+            figures.push((rate, cpu_per));
+            if *mode == Mode::Exported {
+                exported_sent += per_round + 200;
+            }
+            // SIGTERM: the service flushes what it buffered before it exits.
+            let pid = ci.child.0.id();
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            conveyor_testkit::wait_until("ci-service to exit", Duration::from_secs(30), || async move {
+                !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+            })
+            .await;
+            drop(ci);
+        }
+    }
+    let received = receiver.spans().iter().filter(|s| s.name == "receive").count();
+
+    let median = |v: Vec<f64>| {
+        let mut v = v;
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let rates = |f: &[(f64, f64)]| median(f.iter().map(|x| x.0).collect());
+    let cpus = |f: &[(f64, f64)]| median(f.iter().map(|x| x.1).collect());
+    let base = results.iter().find(|(m, _)| *m == Mode::Off).map(|(_, f)| rates(f)).unwrap_or(f64::NAN);
+    let off: Option<Vec<f64>> = results.iter().find(|(m, _)| *m == Mode::Off).map(|(_, f)| f.iter().map(|x| x.0).collect());
+    println!();
+    println!("| tracing | webhooks accepted per second (median of {rounds}) | vs off (median of per-round ratios) | ci-service CPU per webhook | goal |");
+    println!("|---|---|---|---|---|");
+    for (mode, figures) in &results {
+        let m = rates(figures);
+        let overhead = match &off {
+            Some(off) => 100.0 - median(figures.iter().zip(off).map(|(x, o)| x.0 / o * 100.0).collect()),
+            None => (base - m) / base * 100.0,
+        };
+        let goal = match mode {
+            Mode::Off => "(baseline)".to_string(),
+            _ => format!("overhead < 5%: {}", verdict(overhead < 5.0)),
+        };
+        println!("| {} | {m:.0} req/s | {:+.1}% | {:.0} µs | {goal} |", mode.name(), -overhead, cpus(figures));
+    }
+    println!(
+        "| spans received from the exported runs | {received} `receive` spans for {exported_sent} webhooks | | all exported: {} |",
+        verdict(received == exported_sent)
+    );
+    Ok(())
+}
