@@ -9,8 +9,8 @@ async fn main() -> anyhow::Result<()> {
     // `--probe http://127.0.0.1:8080/readyz`: the container image's health check.
     conveyor_telemetry::probe::run_if_asked();
     // Logs, and traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set; flushed when dropped.
-    let telemetry = conveyor_telemetry::Telemetry::init("cd-service")?;
     let config = cd_service::Config::parse();
+    let telemetry = conveyor_telemetry::Telemetry::init("cd-service")?;
     let service = cd_service::Service::start(&config).await?;
     service.run(shutdown_signal()).await;
     // Off the async threads: a gRPC export still in flight needs them to finish.
