@@ -177,8 +177,14 @@ impl Consumer {
                     continue;
                 }
                 None => {
-                    tracing::error!("the consumer's message stream ended");
-                    break;
+                    // Never stop consuming: open the stream again (bounded wait between tries).
+                    tracing::warn!("the consumer's message stream ended; opening it again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match self.consumer.messages().await {
+                        Ok(m) => self.messages = m,
+                        Err(e) => tracing::warn!(error = %e, "cannot open the consumer's message stream yet"),
+                    }
+                    continue;
                 }
             };
             let mut batch = vec![first];

@@ -162,6 +162,26 @@ impl Stack {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// Sends SIGTERM to `ci-service` or `cd-service` and waits (up to `limit`) for it to exit.
+    pub fn terminate(&mut self, service: &str, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let child = match service {
+            "ci-service" => &mut self._ci.0,
+            "cd-service" => &mut self._cd.0,
+            other => bail!("no service {other}"),
+        };
+        conveyor_testkit::run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{service} did not exit within {limit:?} of SIGTERM\n{}", self.service_log(service));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `ci-service` or `cd-service`.
     pub fn service_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
