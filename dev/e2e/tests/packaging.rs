@@ -249,8 +249,8 @@ fn yaml_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 }
 
 fn kubernetes_validate(files: &[std::path::PathBuf]) -> Output {
-    Command::new("kubernetes-validate")
-        .args(["--strict", "-k", "1.31.0"])
+    Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.31.0"])
         .args(files)
         .output()
         .expect("run kubernetes-validate (dev/setup installs it)")
