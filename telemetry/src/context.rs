@@ -3,15 +3,17 @@
 //! headers and event fields, and turned into ids for logs, records and commit trailers. Without
 //! the OpenTelemetry layer installed every function here is a no-op that returns `None`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::OnceLock};
 
 use opentelemetry::{
-    global::{self, BoxedSpan},
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _},
     Context, KeyValue, Value,
 };
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::{
+    propagation::TraceContextPropagator,
+    trace::{SdkTracer, Span as SdkSpan},
+};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The trace id of `span` as 32 hex digits, if it has one.
@@ -82,30 +84,45 @@ pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
     TraceContextPropagator::new().inject_context(&span.context(), &mut NatsHeadersMut(headers));
 }
 
+/// The tracer [`RequestSpan`]s are made with, set once when telemetry is installed.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+pub(crate) fn set_tracer(tracer: SdkTracer) {
+    let _ = TRACER.set(tracer);
+}
+
 /// A server span made directly with the OpenTelemetry API instead of through `tracing`: the span
 /// every webhook opens, where a bridged `tracing` span (several µs: registry lookups, one
 /// attribute update per field) would be a measurable share of the request. It continues an
 /// incoming `traceparent`, buffers its attributes and sets them once when it ends.
 pub struct RequestSpan {
-    span: BoxedSpan,
-    cx: Context,
+    /// None when telemetry is not installed (an incoming context is still continued).
+    span: Option<SdkSpan>,
+    /// The context a child continues: this span's, else the incoming one.
+    parent_of_children: SpanContext,
     attributes: Vec<KeyValue>,
     trace_id: Option<String>,
 }
 
 impl RequestSpan {
     pub fn start(name: &'static str, route: &'static str, headers: &http::HeaderMap) -> RequestSpan {
-        let parent = TraceContextPropagator::new().extract(&HttpHeaders(headers));
-        let tracer = global::tracer("conveyor");
-        let span = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_attributes([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", route)])
-            .start_with_context(&tracer, &parent);
-        let sc = span.span_context().clone();
+        let parent = match headers.get("traceparent") {
+            Some(_) => TraceContextPropagator::new().extract(&HttpHeaders(headers)),
+            None => Context::new(),
+        };
+        let span = TRACER.get().map(|tracer| {
+            tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Server)
+                .with_attributes([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", route)])
+                .start_with_context(tracer, &parent)
+        });
+        let sc = match &span {
+            Some(s) => s.span_context().clone(),
+            None => parent.span().span_context().clone(),
+        };
         let trace_id = sc.is_valid().then(|| sc.trace_id().to_string());
-        let cx = parent.with_remote_span_context(sc);
-        RequestSpan { span, cx, attributes: Vec::with_capacity(6), trace_id }
+        RequestSpan { span, parent_of_children: sc, attributes: Vec::with_capacity(6), trace_id }
     }
 
     /// The trace id, when there is a trace (an incoming context, or telemetry installed).
@@ -115,26 +132,28 @@ impl RequestSpan {
 
     /// The `traceparent` that makes a receiver's span (a queued job's) a child of this one.
     pub fn traceparent(&self) -> Option<String> {
-        let mut carrier = HashMap::new();
-        TraceContextPropagator::new().inject_context(&self.cx, &mut carrier);
-        carrier.remove("traceparent")
+        let sc = &self.parent_of_children;
+        sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.attributes.push(KeyValue::new(key, value));
+        if self.span.is_some() {
+            self.attributes.push(KeyValue::new(key, value));
+        }
     }
 
     /// Ends the span with the answer's status (5xx marks it as an error).
     pub fn end(mut self, status: u16, error_type: Option<&'static str>) {
+        let Some(mut span) = self.span.take() else { return };
         self.attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
         if let Some(e) = error_type {
             self.attributes.push(KeyValue::new("error.type", e));
         }
-        self.span.set_attributes(std::mem::take(&mut self.attributes));
+        span.set_attributes(std::mem::take(&mut self.attributes));
         if status >= 500 {
-            self.span.set_status(Status::error(error_type.unwrap_or("server error")));
+            span.set_status(Status::error(error_type.unwrap_or("server error")));
         }
-        self.span.end();
+        span.end();
     }
 }
 

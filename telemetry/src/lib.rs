@@ -53,7 +53,7 @@ impl Telemetry {
         let provider = (!settings.disabled).then(|| build_provider(&settings)).transpose()?;
         if let Some(p) = &provider {
             // For the spans made directly with the OpenTelemetry API (see `context::RequestSpan`).
-            opentelemetry::global::set_tracer_provider(p.clone());
+            context::set_tracer(p.tracer("conveyor"));
         }
         let traces = provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()

@@ -33,7 +33,8 @@ pub fn probe(url: &str) -> Result<(), String> {
         authority.to_socket_addrs().map_err(|e| format!("{authority}: {e}"))?.next().ok_or_else(|| format!("{authority}: no address"))?;
     let mut stream = TcpStream::connect_timeout(&addr, limit).map_err(|e| format!("{addr}: {e}"))?;
     stream.set_read_timeout(Some(limit)).and_then(|_| stream.set_write_timeout(Some(limit))).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = [0u8; 64];
     let n = stream.read(&mut head).map_err(|e| e.to_string())?;
     let line = String::from_utf8_lossy(&head[..n]);
@@ -54,8 +55,15 @@ mod tests {
         let url = format!("http://{}/readyz", listener.local_addr().unwrap());
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // Read the whole request before answering, as a server does.
+            let mut request = Vec::new();
             let mut buf = [0u8; 256];
-            let _ = std::io::Read::read(&mut s, &mut buf);
+            while !request.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
             s.write_all(answer.as_bytes()).unwrap();
         });
         url
