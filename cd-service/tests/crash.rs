@@ -1,5 +1,6 @@
 //! cd-service as a process under faults: SIGKILL at several points of a burst leaves every final
-//! tag right and no event committed twice; pushes by others during a burst are all kept.
+//! tag right and no event committed twice; pushes by others during a burst are all kept; two
+//! replicas on the one durable consumer both commit, and no event twice.
 
 mod common;
 use common::image_built;
@@ -148,5 +149,39 @@ async fn pushes_by_others_during_a_burst_are_all_kept() {
     for i in 0..15 {
         assert!(log.contains(&format!("docs: note {i}")), "outside commit {i} lost:\n{log}");
         assert_eq!(bare.show("main", &format!("docs/note-{i}.md")), format!("note {i}\n"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_the_consumer_and_commit_every_event_at_most_once() {
+    let nats = TestNats::start().await;
+    nats.ensure_events_stream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = seeded_repo(dir.path());
+    let (a, b) = (dir.path().join("replica-a"), dir.path().join("replica-b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    // Two processes, each with its own warm clone, on the one durable consumer.
+    let _a = spawn_cd(&nats, &bare, &a, 4);
+    let _b = spawn_cd(&nats, &bare, &b, 4);
+    for replica in [&a, &b] {
+        conveyor_testkit::wait_until("both replicas consuming", Duration::from_secs(30), || async move {
+            std::fs::read_to_string(replica.join("cd-service.log")).is_ok_and(|l| l.contains("consuming image-built events"))
+        })
+        .await;
+    }
+    let rounds = 30;
+    let last = publish_burst(&nats, rounds).await;
+    nats.wait_consumer_done(EVENTS_STREAM, "cd-service", last, Duration::from_secs(120)).await;
+
+    assert_final_tags(&bare, rounds);
+    let ids = committed_event_ids(&bare);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(ids.len(), unique.len(), "no event is committed by both replicas");
+    let log = |dir: &Path| std::fs::read_to_string(dir.join("cd-service.log")).unwrap_or_default();
+    for (name, dir) in [("a", &a), ("b", &b)] {
+        assert!(log(dir).contains("manifest commit pushed"), "replica {name} took part:\n{}", log(dir));
     }
 }
