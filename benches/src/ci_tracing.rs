@@ -9,13 +9,18 @@
 //! Each setting's figure is the median of its rounds; the order rotates from round to round. The
 //! overhead is the median over rounds of each round's own ratio to "off" (the settings of one
 //! round run within a minute of each other, so a slow spell of a shared machine hits them alike).
+//!
+//! Then the same three settings under `valgrind --tool=callgrind`, which counts the instructions
+//! ci-service executes (every thread, the exporter's included): repeatable whatever else the
+//! machine does. Instructions per webhook = (count after 2,500 webhooks − count after 500) / 2,000,
+//! so start-up and shutdown cancel out.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{ensure, Context};
 use conveyor_benches::{
     cpu_time, env_num, verdict,
-    webhooks::{closed_loop, send, start_ci, webhooks},
+    webhooks::{closed_loop, send, start_ci, start_ci_under, webhooks},
 };
 use conveyor_testkit::{otlp::OtlpReceiver, TestNats};
 
@@ -34,6 +39,40 @@ impl Mode {
             Mode::Exported => "exported over OTLP/HTTP",
         }
     }
+}
+
+/// The service's environment for a setting.
+fn env_of(mode: Mode, receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
+    match mode {
+        Mode::Off => vec![("OTEL_SDK_DISABLED", "true".to_string())],
+        Mode::IdsOnly => vec![],
+        // The SDK's default batching (queue 2048, batches of 512): a 64k queue with 2048-span
+        // batches measured slower (more memory churn) and is no safer; the count at the end
+        // shows whether every span arrived.
+        Mode::Exported => {
+            vec![("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_base.clone()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string())]
+        }
+    }
+}
+
+/// SIGTERM, then waits for the process to exit (it flushes its spans; callgrind writes its count).
+async fn stop(ci: &conveyor_benches::webhooks::Ci) {
+    let pid = ci.child.0.id();
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    conveyor_testkit::wait_until("ci-service to exit", Duration::from_secs(120), || async move {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    })
+    .await;
+}
+
+/// The total instruction count (`summary:` line) of a callgrind output file.
+fn total_instructions(path: &std::path::Path) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no summary line in {}", path.display()))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -64,23 +103,7 @@ async fn main() -> anyhow::Result<()> {
         let n = results.len();
         for k in 0..n {
             let (mode, figures) = &mut results[(round + k) % n];
-            let env = match mode {
-                Mode::Off => vec![("OTEL_SDK_DISABLED", "true".to_string())],
-                Mode::IdsOnly => vec![],
-                Mode::Exported => {
-                    let mut env = vec![
-                        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http_base.clone()),
-                        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
-                    ];
-                    if std::env::var("BENCH_TRACING_BSP").as_deref() != Ok("default") {
-                        // Room for every span of a round, so none is dropped and all are paid for.
-                        env.push(("OTEL_BSP_MAX_QUEUE_SIZE", "65536".to_string()));
-                        env.push(("OTEL_BSP_SCHEDULE_DELAY", "500".to_string()));
-                        env.push(("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048".to_string()));
-                    }
-                    env
-                }
-            };
+            let env = env_of(*mode, &receiver);
             let ci = start_ci(&bin, &nats, "127.0.0.1:5000", 0, dir.path(), &env).await?;
             let url = format!("{}/hooks/push", ci.url);
             for (body, sig) in webhooks(200, 50_000_000 + offset) {
@@ -101,13 +124,7 @@ async fn main() -> anyhow::Result<()> {
                 exported_sent += per_round + 200;
             }
             // SIGTERM: the service flushes what it buffered before it exits.
-            let pid = ci.child.0.id();
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            conveyor_testkit::wait_until("ci-service to exit", Duration::from_secs(30), || async move {
-                !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                    || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-            })
-            .await;
+            stop(&ci).await;
             drop(ci);
         }
     }
@@ -118,6 +135,34 @@ async fn main() -> anyhow::Result<()> {
     names.dedup();
     if !names.is_empty() {
         println!("  other spans exported: {names:?}");
+    }
+
+    // Instructions per webhook, under callgrind (BENCH_TRACING_CALLGRIND=0 skips it).
+    let mut instructions: Vec<(Mode, f64)> = Vec::new();
+    if std::env::var("BENCH_TRACING_CALLGRIND").as_deref() != Ok("0") {
+        for (mode, _) in &results {
+            let mut counts = Vec::new();
+            for n in [500usize, 2500] {
+                let out = dir.path().join(format!("callgrind-{}-{n}.out", *mode as u8));
+                let wrapper =
+                    vec!["valgrind".to_string(), "--tool=callgrind".to_string(), format!("--callgrind-out-file={}", out.display())];
+                let ci = start_ci_under(&wrapper, &bin, &nats, "127.0.0.1:5000", 0, dir.path(), &env_of(*mode, &receiver)).await?;
+                let url = format!("{}/hooks/push", ci.url);
+                let bodies = Arc::new(webhooks(n, 90_000_000 + offset));
+                offset += n;
+                let (_, refused, _) = closed_loop(&client, &url, bodies, 4).await?;
+                ensure!(refused == 0, "webhooks refused under callgrind");
+                stop(&ci).await;
+                drop(ci);
+                counts.push(total_instructions(&out)?);
+                if let Ok(keep) = std::env::var("BENCH_TRACING_KEEP") {
+                    std::fs::copy(&out, std::path::Path::new(&keep).join(out.file_name().expect("a file name")))?;
+                }
+            }
+            let per = (counts[1] - counts[0]) as f64 / 2000.0;
+            println!("  callgrind: {:<28} {per:>10.0} instructions per webhook", mode.name());
+            instructions.push((*mode, per));
+        }
     }
 
     let median = |v: Vec<f64>| {
@@ -148,5 +193,18 @@ async fn main() -> anyhow::Result<()> {
         "| spans received from the exported runs | {received} `receive` spans for {exported_sent} webhooks | | all exported: {} |",
         verdict(received == exported_sent)
     );
+    if let Some((_, base)) = instructions.iter().find(|(m, _)| *m == Mode::Off).copied() {
+        println!();
+        println!("| tracing | ci-service instructions per webhook (callgrind, all threads) | vs off | goal |");
+        println!("|---|---|---|---|");
+        for (mode, per) in &instructions {
+            let overhead = (per - base) / base * 100.0;
+            let goal = match mode {
+                Mode::Off => "(baseline)".to_string(),
+                _ => format!("overhead < 5%: {}", verdict(overhead < 5.0)),
+            };
+            println!("| {} | {per:.0} | {overhead:+.1}% | {goal} |", mode.name());
+        }
+    }
     Ok(())
 }

@@ -24,9 +24,30 @@ pub struct Ci {
 
 /// Starts the ci-service binary from `bin` with `workers` workers and extra environment.
 pub async fn start_ci(bin: &Path, nats: &TestNats, registry: &str, workers: u16, dir: &Path, env: &[(&str, String)]) -> anyhow::Result<Ci> {
+    start_ci_under(&[], bin, nats, registry, workers, dir, env).await
+}
+
+/// [`start_ci`] under a wrapper command (e.g. `valgrind --tool=callgrind`).
+pub async fn start_ci_under(
+    wrapper: &[String],
+    bin: &Path,
+    nats: &TestNats,
+    registry: &str,
+    workers: u16,
+    dir: &Path,
+    env: &[(&str, String)],
+) -> anyhow::Result<Ci> {
     let port = free_port();
     let log = std::fs::File::create(dir.join(format!("ci-service-{port}.log")))?;
-    let child = Command::new(bin.join("ci-service"))
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(bin.join("ci-service"));
+            c
+        }
+        None => Command::new(bin.join("ci-service")),
+    };
+    let child = command
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
         .env("CONVEYOR_NATS_URL", &nats.url)
         .env("CONVEYOR_REGISTRY", registry)
@@ -42,7 +63,7 @@ pub async fn start_ci(bin: &Path, nats: &TestNats, registry: &str, workers: u16,
         .context("start ci-service (run benches/run)")?;
     let ci = Ci { url: format!("http://127.0.0.1:{port}"), child: ChildGuard(child) };
     let health = format!("{}/healthz", ci.url);
-    conveyor_testkit::wait_until("ci-service to answer", Duration::from_secs(30), || {
+    conveyor_testkit::wait_until("ci-service to answer", Duration::from_secs(120), || {
         let health = health.clone();
         async move { reqwest::get(&health).await.is_ok_and(|r| r.status().is_success()) }
     })
