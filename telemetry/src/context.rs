@@ -7,12 +7,12 @@ use std::{collections::HashMap, sync::OnceLock};
 
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _},
+    trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _},
     Context, KeyValue, Value,
 };
 use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
-    trace::{SdkTracer, Span as SdkSpan},
+    trace::{IdGenerator, RandomIdGenerator, SdkTracer, Span as SdkSpan},
 };
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -87,14 +87,22 @@ pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
 /// The tracer [`RequestSpan`]s are made with, set once when telemetry is installed.
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
+/// Set when telemetry is installed without an exporter: request spans are then only ids.
+static IDS_ONLY: OnceLock<RandomIdGenerator> = OnceLock::new();
+
 pub(crate) fn set_tracer(tracer: SdkTracer) {
     let _ = TRACER.set(tracer);
+}
+
+pub(crate) fn set_ids_only() {
+    let _ = IDS_ONLY.set(RandomIdGenerator::default());
 }
 
 /// A server span made directly with the OpenTelemetry API instead of through `tracing`: the span
 /// every webhook opens, where a bridged `tracing` span (several µs: registry lookups, one
 /// attribute update per field) would be a measurable share of the request. It continues an
-/// incoming `traceparent`, buffers its attributes and sets them once when it ends.
+/// incoming `traceparent`, buffers its attributes and sets them once when it ends. When nothing
+/// is exported it is only a pair of ids (what the job, the answer and the logs carry).
 pub struct RequestSpan {
     /// None when telemetry is not installed (an incoming context is still continued).
     span: Option<SdkSpan>,
@@ -117,9 +125,18 @@ impl RequestSpan {
                 .with_attributes([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", route)])
                 .start_with_context(tracer, &parent)
         });
-        let sc = match &span {
-            Some(s) => s.span_context().clone(),
-            None => parent.span().span_context().clone(),
+        let incoming = parent.span().span_context().clone();
+        let sc = match (&span, IDS_ONLY.get()) {
+            (Some(s), _) => s.span_context().clone(),
+            (None, Some(ids)) => {
+                let (trace_id, flags) = if incoming.is_valid() {
+                    (incoming.trace_id(), incoming.trace_flags())
+                } else {
+                    (ids.new_trace_id(), TraceFlags::SAMPLED)
+                };
+                SpanContext::new(trace_id, ids.new_span_id(), flags, false, TraceState::default())
+            }
+            (None, None) => incoming,
         };
         let trace_id = sc.is_valid().then(|| sc.trace_id().to_string());
         RequestSpan { span, parent_of_children: sc, attributes: Vec::with_capacity(6), trace_id }
@@ -133,7 +150,8 @@ impl RequestSpan {
     /// The `traceparent` that makes a receiver's span (a queued job's) a child of this one.
     pub fn traceparent(&self) -> Option<String> {
         let sc = &self.parent_of_children;
-        sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
+        let trace_id = self.trace_id.as_deref()?;
+        Some(format!("00-{trace_id}-{}-{:02x}", sc.span_id(), sc.trace_flags().to_u8()))
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {

@@ -51,9 +51,12 @@ impl Telemetry {
             .with_writer(std::io::stderr)
             .with_filter(tracing_subscriber::EnvFilter::new(&settings.log_filter));
         let provider = (!settings.disabled).then(|| build_provider(&settings)).transpose()?;
-        if let Some(p) = &provider {
+        match &provider {
             // For the spans made directly with the OpenTelemetry API (see `context::RequestSpan`).
-            context::set_tracer(p.tracer("conveyor"));
+            Some(p) if settings.export.is_some() => context::set_tracer(p.tracer("conveyor")),
+            // Nothing is exported: request spans only need ids.
+            Some(_) => context::set_ids_only(),
+            None => {}
         }
         let traces = provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()

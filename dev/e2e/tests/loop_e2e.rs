@@ -44,6 +44,12 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
     assert_eq!(deployment, original.replace(&format!("{APP}:initial"), &format!("{APP}:{tag}")), "only the tag changed");
     let message = stack.manifest_repo.message(&head);
     assert!(message.contains(&format!("Conveyor-Source-Commit: {commit}")) && message.contains(&digest), "{message}");
+    // No OTLP endpoint here (the default): nothing is exported, yet the push has a trace id that
+    // the record, both services' logs and the commit share.
+    let trace_id = build["trace_id"].as_str().expect("a trace id without any exporter");
+    assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "{trace_id}");
+    assert!(message.contains(&format!("Conveyor-Trace-Id: {trace_id}")), "{message}");
+    assert!(stack.service_log("cd-service").contains(trace_id) && stack.service_log("ci-service").contains(trace_id));
     assert_eq!(stack.manifest_repo.count("main"), 2, "exactly one manifest commit");
 }
 
