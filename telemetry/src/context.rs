@@ -1,12 +1,13 @@
-//! The W3C trace context (`traceparent`, `tracestate`) across process boundaries: read from an
-//! incoming HTTP request or NATS message to continue its trace, written into outgoing NATS
-//! headers and event fields, and turned into ids for logs, records and commit trailers. Without
-//! the OpenTelemetry layer installed every function here is a no-op that returns `None`.
+//! The W3C trace context (`traceparent`) across process boundaries: read from an incoming HTTP
+//! request or NATS message to continue its trace, written as a `traceparent` value into the
+//! headers of queued jobs and published events, and turned into ids for logs, records and
+//! commit trailers. Without telemetry installed nothing here invents a trace: an incoming
+//! context is passed on, otherwise the answer is `None`.
 
 use std::{collections::HashMap, sync::OnceLock};
 
 use opentelemetry::{
-    propagation::{Extractor, Injector, TextMapPropagator},
+    propagation::{Extractor, TextMapPropagator},
     trace::{Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _},
     Context, KeyValue, Value,
 };
@@ -51,11 +52,6 @@ pub fn continue_from_nats(span: &tracing::Span, headers: Option<&async_nats::Hea
     fallback.is_some_and(|tp| continue_from(span, &HashMap::from([("traceparent".to_string(), tp.to_string())])))
 }
 
-/// Continues the trace of a `traceparent` value. Call before the span is entered.
-pub fn continue_from_traceparent(span: &tracing::Span, traceparent: &str) -> bool {
-    continue_from(span, &HashMap::from([("traceparent".to_string(), traceparent.to_string())]))
-}
-
 fn continue_from(span: &tracing::Span, carrier: &dyn Extractor) -> bool {
     let cx = TraceContextPropagator::new().extract(carrier);
     if !cx.span().span_context().is_valid() {
@@ -77,11 +73,6 @@ fn remote_span_context(traceparent: &str) -> Option<SpanContext> {
     let cx: Context = TraceContextPropagator::new().extract(&carrier);
     let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
-}
-
-/// Writes `span`'s context into outgoing NATS headers.
-pub fn inject_nats(span: &tracing::Span, headers: &mut async_nats::HeaderMap) {
-    TraceContextPropagator::new().inject_context(&span.context(), &mut NatsHeadersMut(headers));
 }
 
 /// The tracer [`RequestSpan`]s are made with, set once when telemetry is installed.
@@ -197,14 +188,6 @@ impl Extractor for NatsHeaders<'_> {
     }
 }
 
-struct NatsHeadersMut<'a>(&'a mut async_nats::HeaderMap);
-
-impl Injector for NatsHeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key, value.as_str());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,8 +217,5 @@ mod tests {
         let span = tracing::info_span!("x");
         assert_eq!(trace_id(&span), None);
         assert_eq!(traceparent(&span), None);
-        let mut h = async_nats::HeaderMap::new();
-        inject_nats(&span, &mut h);
-        assert!(h.get("traceparent").is_none());
     }
 }

@@ -31,7 +31,6 @@ pub enum TelemetryError {
 /// the spans still buffered.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
-    settings: Settings,
 }
 
 impl Telemetry {
@@ -77,11 +76,7 @@ impl Telemetry {
                 "no OTLP endpoint set (OTEL_EXPORTER_OTLP_ENDPOINT): trace ids are kept in logs and records, nothing is exported"
             ),
         }
-        Ok(Self { provider, settings })
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+        Ok(Self { provider })
     }
 
     /// Sends what is buffered and stops the exporter.

@@ -247,8 +247,7 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
         }
     }
     let replica = state.replica.clone();
-    take_over(&ctx, &replica).await;
-    let trace = trace_context::trace_id(&tracing::Span::current()).map(|t| format!(", trace {t}")).unwrap_or_default();
+    let trace = take_over(&ctx, &replica).await.map(|t| format!(", trace {t}")).unwrap_or_default();
     ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt}{trace})", push.app, push.git_ref, push.commit));
     tracing::info!(replica = %replica, "build started");
 
@@ -297,12 +296,13 @@ const SUPERSEDE_POLL: Duration = Duration::from_secs(1);
 
 /// Marks the build running on this replica. If another replica ran it before and its job came
 /// back (that replica died), the steps it left running are marked failed and the log says so.
-async fn take_over(ctx: &Ctx<'_>, replica: &str) {
+/// Returns the trace this run belongs to (also written into the record).
+async fn take_over(ctx: &Ctx<'_>, replica: &str) -> Option<String> {
     let mut interrupted = None;
     let trace_id = trace_context::trace_id(&tracing::Span::current());
     ctx.update(|r| {
         if trace_id.is_some() {
-            r.trace_id = trace_id;
+            r.trace_id = trace_id.clone();
         }
         if r.state == BuildState::Running {
             let running: Vec<String> = r.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
@@ -320,6 +320,7 @@ async fn take_over(ctx: &Ctx<'_>, replica: &str) {
     if let Some(previous) = interrupted {
         ctx.log.line(&format!("[conveyor] {previous} stopped during this build; starting it again"));
     }
+    trace_id
 }
 
 /// Records the end of a build and closes its log.
