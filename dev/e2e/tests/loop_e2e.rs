@@ -1,10 +1,11 @@
 //! The demo's loop as tests, on real components and the real service binaries: a `git push` of
-//! the Flask app ends as a manifest commit with the new tag; a push whose tests fail publishes
-//! no event and changes no manifest.
+//! the Flask app ends as a manifest commit with the new tag in the staging overlay (what Argo CD
+//! or Flux would apply, rendered by kustomize), and a promotion takes it to production; a push
+//! whose tests fail publishes no event and changes no manifest.
 
 use std::time::Duration;
 
-use conveyor_e2e::{Stack, APP};
+use conveyor_e2e::{Stack, APP, PRODUCTION, STAGING};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
 
 const BUILD_LIMIT: Duration = Duration::from_secs(600);
@@ -36,12 +37,15 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
     assert_eq!(event.source.commit, commit);
 
     let head = stack.wait_manifest_commit(&before, Duration::from_secs(60)).await.unwrap();
-    let deployment = stack.manifest_repo.show(&head, "apps/flask-app/deployment.yaml");
-    let image_line = format!("image: {}/{APP}:{tag}\n", stack.registry.addr);
-    assert!(deployment.contains(&image_line), "manifest HEAD has the new tag:\n{deployment}");
-    assert_eq!(deployment.matches("image:").count(), 1);
-    let original = stack.manifest_repo.show(&before, "apps/flask-app/deployment.yaml");
-    assert_eq!(deployment, original.replace(&format!("{APP}:initial"), &format!("{APP}:{tag}")), "only the tag changed");
+    let staging = stack.manifest_repo.show(&head, STAGING);
+    assert!(staging.contains(&format!("    newTag: {tag}\n")), "staging's overlay has the new tag:\n{staging}");
+    let original = stack.manifest_repo.show(&before, STAGING);
+    assert_eq!(staging, original.replace("newTag: initial", &format!("newTag: {tag}")), "only the tag changed");
+    assert_eq!(stack.manifest_repo.show(&head, PRODUCTION), stack.manifest_repo.show(&before, PRODUCTION), "production waits for a promotion");
+    // What Argo CD or Flux applies from that commit.
+    let image = format!("{}/{APP}:{tag}", stack.registry.addr);
+    assert_eq!(stack.deployed_image(&head, "staging").unwrap(), image);
+    assert_eq!(stack.deployed_image(&head, "production").unwrap(), format!("{}/{APP}:initial", stack.registry.addr));
     let message = stack.manifest_repo.message(&head);
     assert!(message.contains(&format!("Conveyor-Source-Commit: {commit}")) && message.contains(&digest), "{message}");
     // No OTLP endpoint here (the default): nothing is exported, yet the push has a trace id that
@@ -51,6 +55,15 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
     assert!(message.contains(&format!("Conveyor-Trace-Id: {trace_id}")), "{message}");
     assert!(stack.service_log("cd-service").contains(trace_id) && stack.service_log("ci-service").contains(trace_id));
     assert_eq!(stack.manifest_repo.count("main"), 2, "exactly one manifest commit");
+
+    // Promote the same image to production: its own commit, production's overlay only.
+    let (ok, out, err) = stack.conveyor(&["promote", APP, "--to", "production", "--tag", tag, "--as", "e2e"]);
+    assert!(ok, "{out}{err}");
+    let promoted = stack.wait_manifest_commit(&head, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(stack.deployed_image(&promoted, "production").unwrap(), image);
+    assert_eq!(stack.manifest_repo.show(&promoted, STAGING), staging);
+    let message = stack.manifest_repo.message(&promoted);
+    assert!(message.contains("requested by e2e") && message.contains("Conveyor-Environment: production"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

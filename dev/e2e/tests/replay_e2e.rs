@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use conveyor_e2e::{Stack, APP};
+use conveyor_e2e::{Stack, APP, STAGING};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
 fn deployed(stack: &Stack) -> String {
-    let text = stack.manifest_repo.show("main", "apps/flask-app/deployment.yaml");
-    let line = text.lines().find(|l| l.contains(&format!("/{APP}:"))).expect("an image line");
+    let text = stack.manifest_repo.show("main", STAGING);
+    let line = text.lines().find(|l| l.trim_start().starts_with("newTag:")).expect("a newTag line");
     line.rsplit(':').next().unwrap().trim().to_string()
 }
 
@@ -33,23 +33,23 @@ async fn three_builds_a_rollback_to_the_first_and_a_redeploy_of_the_third() {
     assert_eq!(deployed(&stack), tags[2]);
 
     // Roll back to the first build by tag.
-    let (ok, out, err) = stack.conveyor(&["replay", APP, "--tag", &tags[0], "--dry-run"]);
-    assert!(ok && out.contains(&format!("+          image: {}/{APP}:{}", stack.registry.addr, tags[0])), "{out}{err}");
-    println!("$ conveyor replay {APP} --tag {} --dry-run\n{out}", tags[0]);
-    let (ok, out, err) = stack.conveyor(&["replay", APP, "--tag", &tags[0]]);
+    let (ok, out, err) = stack.conveyor(&["replay", APP, "--env", "staging", "--tag", &tags[0], "--dry-run"]);
+    assert!(ok && out.contains(&format!("+    newTag: {}", tags[0])), "{out}{err}");
+    println!("$ conveyor replay {APP} --env staging --tag {} --dry-run\n{out}", tags[0]);
+    let (ok, out, err) = stack.conveyor(&["replay", APP, "--env", "staging", "--tag", &tags[0]]);
     assert!(ok, "{err}");
-    println!("$ conveyor replay {APP} --tag {}\n{out}", tags[0]);
-    assert!(out.starts_with(&format!("queued: rollback {APP}/default to ")), "{out}");
+    println!("$ conveyor replay {APP} --env staging --tag {}\n{out}", tags[0]);
+    assert!(out.starts_with(&format!("queued: rollback {APP}/staging to ")), "{out}");
     head = stack.wait_manifest_commit(&head, Duration::from_secs(60)).await.unwrap();
     assert_eq!(deployed(&stack), tags[0]);
     let message = stack.manifest_repo.message(&head);
-    assert!(message.starts_with(&format!("rollback({APP}): ")) && message.contains("Conveyor-Replay: rollback "), "{message}");
+    assert!(message.starts_with(&format!("rollback({APP}/staging): ")) && message.contains("Conveyor-Replay: rollback "), "{message}");
 
     // One step back from there is the third build again.
-    let (ok, out, err) = stack.conveyor(&["replay", APP, "--to", "previous"]);
+    let (ok, out, err) = stack.conveyor(&["replay", APP, "--env", "staging", "--to", "previous"]);
     assert!(ok, "{err}");
-    println!("$ conveyor replay {APP} --to previous\n{out}");
-    assert!(out.starts_with(&format!("queued: redeploy {APP}/default to ")), "{out}");
+    println!("$ conveyor replay {APP} --env staging --to previous\n{out}");
+    assert!(out.starts_with(&format!("queued: redeploy {APP}/staging to ")), "{out}");
     stack.wait_manifest_commit(&head, Duration::from_secs(60)).await.unwrap();
     assert_eq!(deployed(&stack), tags[2]);
 
@@ -71,8 +71,8 @@ async fn three_builds_a_rollback_to_the_first_and_a_redeploy_of_the_third() {
     assert_eq!(rows, want, "history, newest first:\n{table}");
     // Refusals name the problem and change nothing.
     for (args, needle) in [
-        (vec!["replay", APP, "--tag", "0000000000aa"], "no image-built event for flask-app:0000000000aa"),
-        (vec!["replay", APP, "--seq", "99"], "stream sequence 99 is out of range: the stream holds 1..=5"),
+        (vec!["replay", APP, "--env", "staging", "--tag", "0000000000aa"], "no image-built event for flask-app:0000000000aa"),
+        (vec!["replay", APP, "--env", "staging", "--seq", "99"], "stream sequence 99 is out of range: the stream holds 1..=5"),
         (vec!["replay", "billing", "--to", "previous"], "unknown app \"billing\""),
     ] {
         let (ok, _, err) = stack.conveyor(&args);

@@ -121,7 +121,7 @@ async fn one_trace_follows_a_push_from_the_webhook_to_the_manifest_push_over_otl
     assert!(receiver.requests(Transport::Http) > 0 && receiver.requests(Transport::Grpc) == 0);
 
     // A replay is its own trace, linked to the build it replays.
-    let (ok, out, err) = stack.conveyor(&["replay", APP, "--tag", &commit[..12], "--json"]);
+    let (ok, out, err) = stack.conveyor(&["replay", APP, "--env", "staging", "--tag", &commit[..12], "--json"]);
     assert!(ok, "{out}{err}");
     let plan: Value = serde_json::from_str(&out).unwrap();
     let replay_trace = plan["trace_id"].as_str().expect("the replay answer has its trace id").to_string();

@@ -1,0 +1,120 @@
+//! The GitOps side in `k8s-manifests/`, checked the way a cluster would see it, offline:
+//! `dev/check-manifests` builds every kustomization with the real kustomize, validates what it
+//! renders and every other manifest strictly against the Kubernetes 1.31 schemas, and the Argo CD
+//! and Flux objects against validators generated from their API types. The overlays render what
+//! each environment should run, and broken manifests are refused with the field or path named.
+
+use std::{path::Path, process::Command};
+
+use conveyor_e2e::kustomize_build;
+use conveyor_testkit::{copy_tree, repo_root};
+use serde_norway::Value;
+
+fn check(dir: &Path) -> (bool, String) {
+    let out = Command::new(repo_root().join("dev/check-manifests")).arg(dir).output().expect("run dev/check-manifests");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[test]
+fn every_manifest_validates_as_the_cluster_would_see_it() {
+    let (ok, text) = check(&repo_root().join("k8s-manifests"));
+    println!("{text}");
+    assert!(ok, "{text}");
+    for object in [
+        // What the two overlays render (Argo CD and Flux apply these, not the files).
+        "Namespace/flask-app-staging ",
+        "Deployment/flask-app-staging/flask-app ",
+        "Service/flask-app-staging/flask-app ",
+        "Deployment/flask-app-production/flask-app ",
+        // The GitOps controllers' objects.
+        "AppProject/argocd/flask-app ",
+        "Application/argocd/flask-app-staging ",
+        "Application/argocd/flask-app-production ",
+        "GitRepository/flux-system/manifests ",
+        "Kustomization/flux-system/flask-app-staging ",
+        "Kustomization/flux-system/flask-app-production ",
+        // Conveyor itself in a cluster.
+        "Deployment/conveyor/ci-service ",
+        "Deployment/conveyor/cd-service ",
+        "StatefulSet/conveyor/nats ",
+        "ConfigMap/conveyor/conveyor ",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with("ok ") && l.contains(object)), "{object}was validated:\n{text}");
+    }
+    assert!(!text.contains("INVALID"), "{text}");
+}
+
+fn deployment(docs: &[Value]) -> &Value {
+    docs.iter().find(|d| d["kind"] == "Deployment").expect("the overlay renders a Deployment")
+}
+
+#[test]
+fn each_overlay_renders_its_environment_from_the_shared_base() {
+    let root = repo_root().join("k8s-manifests/apps/flask-app/overlays");
+    let staging = kustomize_build(&root.join("staging")).unwrap();
+    let production = kustomize_build(&root.join("production")).unwrap();
+
+    for (docs, env, replicas) in [(&staging, "staging", 1), (&production, "production", 3)] {
+        let d = deployment(docs);
+        assert_eq!(d["metadata"]["namespace"].as_str(), Some(format!("flask-app-{env}").as_str()));
+        assert_eq!(d["spec"]["replicas"].as_u64(), Some(replicas), "{env}");
+        let container = &d["spec"]["template"]["spec"]["containers"][0];
+        // The tag comes from the overlay's `images:`, the one place cd-service rewrites.
+        assert_eq!(container["image"].as_str(), Some("127.0.0.1:5000/flask-app:initial"), "{env}");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"), "{env}: the base's probes");
+        assert!(docs.iter().any(|o| o["kind"] == "Namespace" && o["metadata"]["name"].as_str() == Some(&format!("flask-app-{env}"))));
+        assert!(docs.iter().any(|o| o["kind"] == "Service" && o["metadata"]["namespace"].as_str() == Some(&format!("flask-app-{env}"))));
+    }
+    let resources = |docs: &[Value]| deployment(docs)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"].clone();
+    assert_eq!(resources(&staging).as_str(), Some("50m"), "staging keeps the base's requests");
+    assert_eq!(resources(&production).as_str(), Some("200m"), "production's patch raises them");
+    assert!(deployment(&production)["spec"]["template"]["spec"]["topologySpreadConstraints"].is_sequence());
+
+    // conveyor.yaml sends builds to staging and leaves production to promotions.
+    let config: Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo_root().join("k8s-manifests/conveyor.yaml")).unwrap()).unwrap();
+    let envs = &config["apps"]["flask-app"]["environments"];
+    assert_eq!(envs["staging"]["policy"].as_str(), Some("auto"));
+    assert_eq!(envs["production"]["policy"].as_str(), Some("manual"));
+    assert_eq!(envs["staging"]["paths"][0].as_str(), Some("apps/flask-app/overlays/staging"));
+}
+
+/// One edit to a copied tree: the file, the text replaced, its replacement, and the error line
+/// `dev/check-manifests` must print for it.
+const BREAKAGES: &[(&str, &str, &str, &str)] = &[
+    ("argocd/flask-app.yaml", "    targetRevision: main\n    path: apps/flask-app/overlays/staging", "    targetRevison: main\n    path: apps/flask-app/overlays/staging", "/spec/source/targetRevison: unknown field"),
+    ("argocd/flask-app.yaml", "      selfHeal: true\n    retry:", "      selfHeal: \"yes\"\n    retry:", "/spec/syncPolicy/automated/selfHeal must be boolean"),
+    ("argocd/flask-app.yaml", "    path: apps/flask-app/overlays/production", "    path: apps/flask-app/overlays/prod", "syncs 'apps/flask-app/overlays/prod', which is not a kustomization directory"),
+    ("flux/flask-app.yaml", "  ref:\n    branch: main\n  interval: 1m", "  ref:\n    branch: main", "must have required property \"interval\""),
+    ("flux/flask-app.yaml", "  dependsOn:\n    - name: flask-app-staging\n  sourceRef:\n    kind: GitRepository", "  dependsOn:\n    - name: flask-app-staging\n  sourceRef:\n    kind: GitRepo", "/spec/sourceRef/kind must be one of"),
+    ("apps/flask-app/overlays/staging/kustomization.yaml", "  - ../../base\n", "  - ../../bases\n", "(kustomize build)"),
+    ("apps/flask-app/overlays/production/resources.yaml", "        - maxSkew: 1", "        - maxSkew: one", "Deployment/flask-app-production/flask-app"),
+    ("conveyor/cd-service.yaml", "readinessProbe:", "readinesProbe:", "Deployment/conveyor/cd-service"),
+];
+
+#[test]
+fn broken_manifests_are_refused_with_the_field_or_path_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("k8s-manifests");
+    copy_tree(&repo_root().join("k8s-manifests"), &tree);
+    for (file, from, to, _) in BREAKAGES {
+        let path = tree.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} holds {from:?}");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
+    std::fs::write(tree.join("widget.yaml"), "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n").unwrap();
+
+    let (ok, text) = check(&tree);
+    println!("{text}");
+    assert!(!ok, "a broken tree is refused:\n{text}");
+    let invalid: Vec<&str> = text.lines().filter(|l| l.starts_with("INVALID")).collect();
+    for (file, _, _, expected) in BREAKAGES {
+        assert!(text.contains(expected), "{file}: {expected:?} is reported:\n{text}");
+    }
+    assert!(text.contains("no schema for example.com/v1/Widget"), "{text}");
+    // Eight breakages in seven objects (one Application has two), one unknown kind; a failed
+    // kustomize build is one line. Everything else still validates.
+    assert_eq!(invalid.len(), 8, "{text}");
+    assert!(text.contains("Kustomization/flux-system/flask-app-staging") && text.contains("ok      Service/flask-app-production/flask-app"), "{text}");
+}
