@@ -183,6 +183,7 @@ pub(crate) fn classify_ref(git_ref: &str, after: &str, deleted: bool) -> Result<
     if name.is_empty() {
         return Err(IntakeError::Invalid(format!("ref {git_ref:?} has no name")));
     }
+    ref_name(name).map_err(|why| IntakeError::Invalid(format!("ref {git_ref:?} is not a valid git ref name: {why}")))?;
     if deleted {
         let what = if kind == RefKind::Branch { "branch" } else { "tag" };
         return Ok(RefTarget::Ignore(format!("{what} deletion")));
@@ -192,6 +193,26 @@ pub(crate) fn classify_ref(git_ref: &str, after: &str, deleted: bool) -> Result<
     }
     validate::commit(after)?;
     Ok(RefTarget::Build { kind, name: name.to_string() })
+}
+
+/// `git check-ref-format` rules for a branch or tag name, plus git's own refusal of names
+/// beginning with `-` (they would read as options).
+fn ref_name(name: &str) -> Result<(), &'static str> {
+    if name.bytes().any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b)) {
+        return Err("it contains a space, a control character or one of ~^:?*[\\");
+    }
+    if name.contains("..") || name.contains("@{") || name == "@" || name.ends_with('.') {
+        return Err("it contains `..` or `@{`, is `@`, or ends with `.`");
+    }
+    for component in name.split('/') {
+        if component.is_empty() || component.starts_with('.') || component.ends_with(".lock") {
+            return Err("a path component is empty, begins with `.` or ends with `.lock`");
+        }
+    }
+    if name.starts_with('-') {
+        return Err("it begins with `-`");
+    }
+    Ok(())
 }
 
 /// True for commit messages that ask CI to skip them.
@@ -240,6 +261,12 @@ mod tests {
         assert!(matches!(classify_ref("refs/notes/x", &sha, false), Ok(RefTarget::Ignore(_))));
         assert!(matches!(classify_ref("refs/tags/v1+meta", &sha, false), Err(IntakeError::Invalid(_))));
         assert!(matches!(classify_ref("refs/heads/main", "abc", false), Err(IntakeError::Invalid(_))));
+        for name in ["feature/login-form", "release/1.2", "user@host", "a.b"] {
+            assert!(matches!(classify_ref(&format!("refs/heads/{name}"), &sha, false), Ok(RefTarget::Build { .. })), "{name}");
+        }
+        for bad in ["--upload-pack=touch /tmp/x", "-x", "a b", "a..b", "a/.b", "a//b", "a/", "x.lock", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "a@{1}", "@", "a.", "tab\tx"] {
+            assert!(matches!(classify_ref(&format!("refs/heads/{bad}"), &sha, false), Err(IntakeError::Invalid(_))), "{bad:?}");
+        }
     }
 
     #[test]
