@@ -109,8 +109,9 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_PUSH_TIMEOUT_SECS", default_value_t = 600)]
     pub push_timeout_secs: u64,
 
-    /// Tries for the registry push and the event publish (waiting 1 s, 2 s, 4 s... between).
-    #[arg(long, env = "CONVEYOR_STEP_ATTEMPTS", default_value_t = 3)]
+    /// Tries for the registry push and the event publish (waiting 1 s, 2 s, 4 s... between): the
+    /// default 6 rides out about 30 s of a registry or NATS being away.
+    #[arg(long, env = "CONVEYOR_STEP_ATTEMPTS", default_value_t = 6)]
     pub step_attempts: u32,
 
     /// Events kept in the stream (older ones are dropped and can no longer be replayed).
