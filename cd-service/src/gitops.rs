@@ -420,10 +420,16 @@ impl ManifestRepo {
         walk.push_head()?;
         for oid in walk.take(5000) {
             let commit = self.repo.find_commit(oid?)?;
+            // Within a commit, the last event of an app and environment is the one its files
+            // hold (a batch applies its events in order); across commits, the newest wins.
+            let mut in_commit: HashMap<(String, String), OffsetDateTime> = HashMap::new();
             for (app, env, started) in deploy_trailers(commit.message().unwrap_or_default()) {
                 if wanted.contains(&app.as_str()) {
-                    found.entry((app, env)).or_insert(started);
+                    in_commit.insert((app, env), started);
                 }
+            }
+            for (key, started) in in_commit {
+                found.entry(key).or_insert(started);
             }
         }
         Ok(found)

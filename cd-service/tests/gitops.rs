@@ -9,7 +9,7 @@ use common::{applied, image_built, race_the_next_push, seeded_repo, start_cd, st
 use std::path::Path;
 
 use cd_service::{
-    gitops::{GitOpsError, ManifestRepo},
+    gitops::{GitOpsError, ManifestRepo, Verdict},
     Config,
 };
 use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
@@ -105,6 +105,34 @@ async fn bad_events_are_dead_lettered_with_the_reason_and_the_consumer_keeps_goi
     assert_eq!(dead[0].1, b"{ this is not json", "the original payload is kept");
     assert_eq!(dead[0].2.get(headers::ORIGINAL_SEQUENCE).map(|v| v.to_string()), Some(garbage.to_string()));
     assert_eq!(dead[0].2.get(headers::ORIGINAL_SUBJECT).map(|v| v.to_string()).as_deref(), Some("conveyor.images.built.web"));
+}
+
+/// Found by the fault-injection suite: a batch that deployed two builds of one app recorded the
+/// older one's start as what was deployed, so a redelivery of that older event to a second
+/// replica rolled the tag back (and committed the event twice).
+#[test]
+fn a_batch_deploying_two_builds_of_an_app_guards_with_the_newer_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let replica = |name: &str| {
+        let mut cfg = Config::for_repo(&bare.url());
+        cfg.workdir = dir.path().join(name);
+        ManifestRepo::open_or_clone(cfg.repo_config()).expect("clone")
+    };
+    let t0 = time::OffsetDateTime::now_utc();
+    let r8 = image_built("web", REPO, "r8", t0);
+    let r9 = image_built("web", REPO, "r9", t0 + time::Duration::seconds(1));
+
+    let first = replica("a").apply_batch(&[r8.clone(), r9]).expect("apply");
+    assert_eq!(first.verdicts, vec![Verdict::Applied, Verdict::Applied]);
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:r9"));
+    let commits = bare.count("main");
+
+    // The older event again, at another replica (as after an ack timeout).
+    let again = replica("b").apply_batch(&[r8]).expect("apply");
+    assert!(matches!(again.verdicts[0], Verdict::Stale { .. }), "{:?}", again.verdicts);
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:r9"), "not rolled back");
+    assert_eq!(bare.count("main"), commits, "nothing committed");
 }
 
 #[tokio::test(flavor = "multi_thread")]
