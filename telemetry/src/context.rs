@@ -81,6 +81,27 @@ static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 /// Set when telemetry is installed without an exporter: request spans are then only ids.
 static IDS_ONLY: OnceLock<RandomIdGenerator> = OnceLock::new();
 
+/// Set when request spans take the lean export path (see `lean.rs`).
+static LEAN: OnceLock<Lean> = OnceLock::new();
+
+struct Lean {
+    exporter: crate::lean::LeanExporter,
+    ids: RandomIdGenerator,
+    /// Sampled even under an unsampled parent.
+    always_on: bool,
+}
+
+pub(crate) fn set_lean(exporter: crate::lean::LeanExporter, always_on: bool) {
+    let _ = LEAN.set(Lean { exporter, ids: RandomIdGenerator::default(), always_on });
+}
+
+/// Sends the lean path's queued spans and stops its thread.
+pub(crate) fn shutdown_lean() {
+    if let Some(l) = LEAN.get() {
+        l.exporter.shutdown();
+    }
+}
+
 pub(crate) fn set_tracer(tracer: SdkTracer) {
     let _ = TRACER.set(tracer);
 }
@@ -93,10 +114,15 @@ pub(crate) fn set_ids_only() {
 /// every webhook opens, where a bridged `tracing` span (several µs: registry lookups, one
 /// attribute update per field) would be a measurable share of the request. It continues an
 /// incoming `traceparent`, buffers its attributes and sets them once when it ends. When nothing
-/// is exported it is only a pair of ids (what the job, the answer and the logs carry).
+/// is exported it is only a pair of ids (what the job, the answer and the logs carry); over
+/// OTLP/HTTP with the default sampler it is a record for the lean exporter (`lean.rs`).
 pub struct RequestSpan {
     /// None when telemetry is not installed (an incoming context is still continued).
     span: Option<SdkSpan>,
+    /// On the lean path, when sampled: the start time and the incoming parent.
+    lean: Option<(u64, Option<[u8; 8]>)>,
+    name: &'static str,
+    route: &'static str,
     /// The context a child continues: this span's, else the incoming one.
     parent_of_children: SpanContext,
     attributes: Vec<KeyValue>,
@@ -109,6 +135,24 @@ impl RequestSpan {
             Some(_) => TraceContextPropagator::new().extract(&HttpHeaders(headers)),
             None => Context::new(),
         };
+        let incoming = parent.span().span_context().clone();
+        if let Some(l) = LEAN.get() {
+            let sampled = !incoming.is_valid() || incoming.is_sampled() || l.always_on;
+            let (trace_id, state) =
+                if incoming.is_valid() { (incoming.trace_id(), incoming.trace_state().clone()) } else { (l.ids.new_trace_id(), TraceState::default()) };
+            let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+            let sc = SpanContext::new(trace_id, l.ids.new_span_id(), flags, false, state);
+            let parent = incoming.is_valid().then(|| incoming.span_id().to_bytes());
+            return RequestSpan {
+                span: None,
+                lean: sampled.then(|| (crate::lean::now_nanos(), parent)),
+                name,
+                route,
+                trace_id: Some(sc.trace_id().to_string()),
+                parent_of_children: sc,
+                attributes: Vec::with_capacity(6),
+            };
+        }
         let span = TRACER.get().map(|tracer| {
             tracer
                 .span_builder(name)
@@ -116,7 +160,6 @@ impl RequestSpan {
                 .with_attributes([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.route", route)])
                 .start_with_context(tracer, &parent)
         });
-        let incoming = parent.span().span_context().clone();
         let sc = match (&span, IDS_ONLY.get()) {
             (Some(s), _) => s.span_context().clone(),
             (None, Some(ids)) => {
@@ -130,7 +173,7 @@ impl RequestSpan {
             (None, None) => incoming,
         };
         let trace_id = sc.is_valid().then(|| sc.trace_id().to_string());
-        RequestSpan { span, parent_of_children: sc, attributes: Vec::with_capacity(6), trace_id }
+        RequestSpan { span, lean: None, name, route, parent_of_children: sc, attributes: Vec::with_capacity(6), trace_id }
     }
 
     /// The trace id, when there is a trace (an incoming context, or telemetry installed).
@@ -146,13 +189,35 @@ impl RequestSpan {
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<Value>) {
-        if self.span.is_some() {
+        if self.span.is_some() || self.lean.is_some() {
             self.attributes.push(KeyValue::new(key, value));
         }
     }
 
     /// Ends the span with the answer's status (5xx marks it as an error).
     pub fn end(mut self, status: u16, error_type: Option<&'static str>) {
+        if let (Some((start, parent)), Some(l)) = (self.lean, LEAN.get()) {
+            let mut attributes = Vec::with_capacity(self.attributes.len() + 4);
+            attributes.push(KeyValue::new("http.request.method", "POST"));
+            attributes.push(KeyValue::new("http.route", self.route));
+            attributes.append(&mut self.attributes);
+            attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+            if let Some(e) = error_type {
+                attributes.push(KeyValue::new("error.type", e));
+            }
+            let sc = &self.parent_of_children;
+            l.exporter.push(crate::lean::Finished {
+                trace_id: sc.trace_id().to_bytes(),
+                span_id: sc.span_id().to_bytes(),
+                parent_span_id: parent,
+                name: self.name,
+                start,
+                end: crate::lean::now_nanos(),
+                attributes,
+                error: (status >= 500).then(|| error_type.unwrap_or("server error")),
+            });
+            return;
+        }
         let Some(mut span) = self.span.take() else { return };
         self.attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
         if let Some(e) = error_type {

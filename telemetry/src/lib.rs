@@ -5,6 +5,7 @@
 //! decides how things are reported, never what a service traces or counts.
 
 pub mod context;
+mod lean;
 mod logfmt;
 pub mod metrics;
 pub mod probe;
@@ -15,7 +16,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{trace::SdkTracerProvider, Resource};
 use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
 
-pub use settings::{Export, Protocol, Settings};
+pub use settings::{Export, Protocol, RequestSpans, Settings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -50,12 +51,16 @@ impl Telemetry {
             .with_writer(std::io::stderr)
             .with_filter(tracing_subscriber::EnvFilter::new(&settings.log_filter));
         let provider = (!settings.disabled).then(|| build_provider(&settings)).transpose()?;
-        match &provider {
+        match (&provider, &settings.export, settings.request_spans) {
+            // Request spans on the lean OTLP/HTTP path (see `lean.rs`).
+            (Some(_), Some(export), RequestSpans::Lean { always_on }) => {
+                context::set_lean(lean::LeanExporter::start(export.endpoint.clone(), &resource(&settings), "conveyor"), always_on)
+            }
             // For the spans made directly with the OpenTelemetry API (see `context::RequestSpan`).
-            Some(p) if settings.export.is_some() => context::set_tracer(p.tracer("conveyor")),
+            (Some(p), Some(_), _) => context::set_tracer(p.tracer("conveyor")),
             // Nothing is exported: request spans only need ids.
-            Some(_) => context::set_ids_only(),
-            None => {}
+            (Some(_), None, _) => context::set_ids_only(),
+            (None, _, _) => {}
         }
         let traces = provider.as_ref().map(|p| {
             tracing_opentelemetry::layer()
@@ -85,6 +90,7 @@ impl Telemetry {
     }
 
     fn stop(&mut self) {
+        context::shutdown_lean();
         if let Some(p) = self.provider.take() {
             if let Err(e) = p.shutdown() {
                 eprintln!("telemetry: flushing spans at shutdown failed: {e}");
@@ -120,10 +126,14 @@ fn span_filter<S: tracing::Subscriber>() -> impl tracing_subscriber::layer::Filt
         .and(notable)
 }
 
+/// The resource of every span: `service.name`, `OTEL_RESOURCE_ATTRIBUTES` and the SDK's own.
+fn resource(settings: &Settings) -> Resource {
+    Resource::builder().with_service_name(settings.service_name.clone()).build()
+}
+
 fn build_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
-    // The SDK reads OTEL_TRACES_SAMPLER(_ARG) and OTEL_RESOURCE_ATTRIBUTES itself.
-    let resource = Resource::builder().with_service_name(settings.service_name.clone()).build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    // The SDK reads OTEL_TRACES_SAMPLER(_ARG) itself.
+    let mut builder = SdkTracerProvider::builder().with_resource(resource(settings));
     if let Some(export) = &settings.export {
         let failed = |e: opentelemetry_otlp::ExporterBuildError| TelemetryError::Exporter {
             protocol: export.protocol,

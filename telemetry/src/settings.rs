@@ -27,6 +27,16 @@ pub struct Export {
     pub endpoint: String,
 }
 
+/// How webhook and API request spans are exported (see `lean.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSpans {
+    /// Through the OpenTelemetry SDK, like every other span.
+    Sdk,
+    /// Encoded and sent by the lean OTLP/HTTP path; `always_on`: sampled even under an
+    /// unsampled parent (`OTEL_TRACES_SAMPLER=always_on`), else parent-based (the default).
+    Lean { always_on: bool },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// `service.name` of every span: `OTEL_SERVICE_NAME`, else the service's own name.
@@ -37,6 +47,9 @@ pub struct Settings {
     pub export: Option<Export>,
     /// `OTEL_SDK_DISABLED=true`: no OpenTelemetry at all, only logs.
     pub disabled: bool,
+    /// The lean path when it gives what the SDK would: OTLP/HTTP, the default parent-based
+    /// always-on sampler (or always-on), and no exporter headers, compression or timeout to honour.
+    pub request_spans: RequestSpans,
 }
 
 impl Settings {
@@ -73,7 +86,16 @@ impl Settings {
             (None, None) => None,
         };
         let export = endpoint.filter(|_| !exporter_off && !disabled).map(|endpoint| Export { protocol, endpoint });
-        Ok(Settings { service_name, log_filter, export, disabled })
+        let sdk_options = ["HEADERS", "COMPRESSION", "TIMEOUT"]
+            .iter()
+            .any(|o| var(&format!("OTEL_EXPORTER_OTLP_{o}")).is_some() || var(&format!("OTEL_EXPORTER_OTLP_TRACES_{o}")).is_some());
+        let request_spans = match var("OTEL_TRACES_SAMPLER").as_deref() {
+            _ if protocol != Protocol::HttpProtobuf || sdk_options => RequestSpans::Sdk,
+            None | Some("parentbased_always_on") => RequestSpans::Lean { always_on: false },
+            Some("always_on") => RequestSpans::Lean { always_on: true },
+            Some(_) => RequestSpans::Sdk,
+        };
+        Ok(Settings { service_name, log_filter, export, disabled, request_spans })
     }
 }
 
@@ -129,5 +151,20 @@ mod tests {
     fn unsupported_protocol_is_named() {
         let e = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err();
         assert_eq!(e.to_string(), "OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\" is not supported: use `http/protobuf` or `grpc`");
+    }
+
+    #[test]
+    fn request_spans_take_the_lean_path_only_where_it_gives_what_the_sdk_would() {
+        let http = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318");
+        assert_eq!(settings(&[http]).unwrap().request_spans, RequestSpans::Lean { always_on: false });
+        assert_eq!(settings(&[http, ("OTEL_TRACES_SAMPLER", "always_on")]).unwrap().request_spans, RequestSpans::Lean { always_on: true });
+        for other in [
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer x"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+        ] {
+            assert_eq!(settings(&[http, other]).unwrap().request_spans, RequestSpans::Sdk, "{other:?}");
+        }
     }
 }

@@ -1,0 +1,343 @@
+//! The lean export path for request spans over OTLP/HTTP: a finished [`crate::context::RequestSpan`]
+//! is a small record pushed onto a queue, and a background thread writes each batch straight
+//! into an OTLP `ExportTraceServiceRequest` (protobuf, encoded here field by field) and POSTs it
+//! to the same endpoint the SDK's exporter uses. This skips what the SDK does for every span
+//! (span builder, sampler call, `SpanData`, the batch processor's channel, the conversion into the
+//! generated protobuf types), which costs several times more than the webhook span itself. It is
+//! used only where it gives the same result: OTLP/HTTP with the default parent-based always-on
+//! sampler (or always-on); anything else goes through the SDK.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Condvar, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+
+/// Spans held while the exporter is behind; more are dropped (and counted), as the SDK's batch
+/// processor does with its default queue of 2048.
+const MAX_QUEUE: usize = 2048;
+/// Spans per request, and how long a span waits at most before it is sent.
+const MAX_BATCH: usize = 512;
+const DELAY: Duration = Duration::from_secs(1);
+
+/// A finished request span.
+pub(crate) struct Finished {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    pub name: &'static str,
+    /// Nanoseconds since the Unix epoch.
+    pub start: u64,
+    pub end: u64,
+    pub attributes: Vec<KeyValue>,
+    /// The status message of an error span.
+    pub error: Option<&'static str>,
+}
+
+pub(crate) fn now_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+struct Shared {
+    queue: Mutex<Vec<Finished>>,
+    wake: Condvar,
+    stopping: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// The queue and the thread that empties it.
+pub(crate) struct LeanExporter {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LeanExporter {
+    /// Starts the export thread for `endpoint` (the full URL, e.g. `http://host:4318/v1/traces`).
+    pub fn start(endpoint: String, resource: &Resource, scope: &'static str) -> LeanExporter {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Vec::with_capacity(MAX_BATCH)),
+            wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        });
+        let mut resource_bytes = Vec::new();
+        for (k, v) in resource.iter() {
+            let mut kv = Vec::new();
+            key_value(&mut kv, k.as_str(), v);
+            length_delimited(&mut resource_bytes, 1, &kv);
+        }
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("otlp-lean-export".into())
+            .spawn(move || export_loop(&worker, &endpoint, &resource_bytes, scope))
+            .expect("spawn the span export thread");
+        LeanExporter { shared, thread: Mutex::new(Some(thread)) }
+    }
+
+    pub fn push(&self, span: Finished) {
+        let mut q = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_QUEUE {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.push(span);
+        if q.len() >= MAX_BATCH {
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Sends what is queued and stops the thread.
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+        let dropped = self.shared.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            eprintln!("telemetry: {dropped} request spans were dropped because the exporter fell behind");
+        }
+    }
+}
+
+fn export_loop(shared: &Shared, endpoint: &str, resource: &[u8], scope: &str) {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("telemetry: cannot build the OTLP/HTTP client: {e}");
+            return;
+        }
+    };
+    let mut failures = 0u64;
+    loop {
+        let batch = {
+            let mut q = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if q.len() < MAX_BATCH && !shared.stopping.load(Ordering::SeqCst) {
+                q = shared.wake.wait_timeout(q, DELAY).unwrap_or_else(|e| e.into_inner()).0;
+            }
+            std::mem::replace(&mut *q, Vec::with_capacity(MAX_BATCH))
+        };
+        for chunk in batch.chunks(MAX_BATCH) {
+            let body = encode_request(resource, scope, chunk);
+            let sent = client.post(endpoint).header("content-type", "application/x-protobuf").body(body).send();
+            let ok = matches!(&sent, Ok(r) if r.status().is_success());
+            if !ok {
+                failures += 1;
+                // Once, then every 100th failure: the collector being away must not flood the log.
+                if failures == 1 || failures % 100 == 0 {
+                    let why = match sent {
+                        Ok(r) => format!("HTTP {}", r.status()),
+                        Err(e) => e.to_string(),
+                    };
+                    eprintln!("telemetry: exporting {} request spans to {endpoint} failed ({failures} failures so far): {why}", chunk.len());
+                }
+            }
+        }
+        if shared.stopping.load(Ordering::SeqCst) && shared.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return;
+        }
+    }
+}
+
+// Protobuf wire format: what the OTLP trace messages need of it.
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(out, (u64::from(field) << 3) | u64::from(wire));
+}
+
+fn length_delimited(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+    tag(out, field, 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
+    tag(out, field, 1);
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// `AnyValue` (opentelemetry.proto.common.v1).
+fn any_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::String(s) => length_delimited(out, 1, s.as_str().as_bytes()),
+        Value::Bool(b) => {
+            tag(out, 2, 0);
+            varint(out, u64::from(*b));
+        }
+        Value::I64(i) => {
+            tag(out, 3, 0);
+            varint(out, *i as u64);
+        }
+        Value::F64(f) => fixed64(out, 4, f.to_bits()),
+        Value::Array(a) => {
+            // ArrayValue { values = 1 }
+            let mut array = Vec::new();
+            let mut push = |v: Value| {
+                let mut item = Vec::new();
+                any_value(&mut item, &v);
+                length_delimited(&mut array, 1, &item);
+            };
+            match a {
+                Array::Bool(xs) => xs.iter().for_each(|x| push(Value::Bool(*x))),
+                Array::I64(xs) => xs.iter().for_each(|x| push(Value::I64(*x))),
+                Array::F64(xs) => xs.iter().for_each(|x| push(Value::F64(*x))),
+                Array::String(xs) => xs.iter().for_each(|x| push(Value::String(x.clone()))),
+                _ => {}
+            }
+            length_delimited(out, 5, &array);
+        }
+        _ => length_delimited(out, 1, v.as_str().as_bytes()),
+    }
+}
+
+/// `KeyValue { key = 1, value = 2 }`.
+fn key_value(out: &mut Vec<u8>, key: &str, value: &Value) {
+    length_delimited(out, 1, key.as_bytes());
+    let mut v = Vec::with_capacity(32);
+    any_value(&mut v, value);
+    length_delimited(out, 2, &v);
+}
+
+/// `Span` (opentelemetry.proto.trace.v1): a server span.
+fn span(out: &mut Vec<u8>, s: &Finished, scratch: &mut Vec<u8>) {
+    length_delimited(out, 1, &s.trace_id);
+    length_delimited(out, 2, &s.span_id);
+    if let Some(p) = &s.parent_span_id {
+        length_delimited(out, 4, p);
+    }
+    length_delimited(out, 5, s.name.as_bytes());
+    tag(out, 6, 0);
+    varint(out, 2); // SPAN_KIND_SERVER
+    fixed64(out, 7, s.start);
+    fixed64(out, 8, s.end);
+    for kv in &s.attributes {
+        scratch.clear();
+        key_value(scratch, kv.key.as_str(), &kv.value);
+        length_delimited(out, 9, scratch);
+    }
+    if let Some(message) = s.error {
+        // Status { message = 2, code = 3 (STATUS_CODE_ERROR = 2) }
+        scratch.clear();
+        length_delimited(scratch, 2, message.as_bytes());
+        tag(scratch, 3, 0);
+        varint(scratch, 2);
+        length_delimited(out, 15, scratch);
+    }
+    // flags = 16 (fixed32): sampled, and whether the parent is remote (known: it came from the
+    // caller) — SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | IS_REMOTE when there is a parent.
+    tag(out, 16, 5);
+    let flags: u32 = 0x01 | 0x100 | if s.parent_span_id.is_some() { 0x200 } else { 0 };
+    out.extend_from_slice(&flags.to_le_bytes());
+}
+
+/// `ExportTraceServiceRequest { resource_spans = 1 }` holding one resource and one scope.
+pub(crate) fn encode_request(resource_attributes: &[u8], scope: &str, spans: &[Finished]) -> Vec<u8> {
+    let mut scope_spans = Vec::with_capacity(spans.len() * 256 + 64);
+    // InstrumentationScope { name = 1 }
+    let mut scope_msg = Vec::new();
+    length_delimited(&mut scope_msg, 1, scope.as_bytes());
+    length_delimited(&mut scope_spans, 1, &scope_msg);
+    let (mut one, mut scratch) = (Vec::with_capacity(256), Vec::with_capacity(64));
+    for s in spans {
+        one.clear();
+        span(&mut one, s, &mut scratch);
+        length_delimited(&mut scope_spans, 2, &one);
+    }
+    let mut resource_spans = Vec::with_capacity(scope_spans.len() + resource_attributes.len() + 16);
+    length_delimited(&mut resource_spans, 1, resource_attributes);
+    length_delimited(&mut resource_spans, 2, &scope_spans);
+    let mut request = Vec::with_capacity(resource_spans.len() + 8);
+    length_delimited(&mut request, 1, &resource_spans);
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        common::v1::any_value::Value as Any,
+        trace::v1::{span::SpanKind, status::StatusCode},
+    };
+    use prost::Message;
+
+    #[test]
+    fn encodes_what_the_generated_protobuf_types_decode() {
+        let resource = Resource::builder_empty()
+            .with_attributes([KeyValue::new("service.name", "ci-service"), KeyValue::new("pid", 42i64)])
+            .build();
+        let mut resource_bytes = Vec::new();
+        for (k, v) in resource.iter() {
+            let mut kv = Vec::new();
+            key_value(&mut kv, k.as_str(), v);
+            length_delimited(&mut resource_bytes, 1, &kv);
+        }
+        let spans = [
+            Finished {
+                trace_id: [7; 16],
+                span_id: [1; 8],
+                parent_span_id: Some([2; 8]),
+                name: "receive",
+                start: 1_700_000_000_000_000_000,
+                end: 1_700_000_000_000_500_000,
+                attributes: vec![
+                    KeyValue::new("http.route", "/hooks/push"),
+                    KeyValue::new("http.response.status_code", 202i64),
+                    KeyValue::new("ok", true),
+                    KeyValue::new("ratio", 0.5),
+                ],
+                error: None,
+            },
+            Finished {
+                trace_id: [8; 16],
+                span_id: [3; 8],
+                parent_span_id: None,
+                name: "receive",
+                start: 5,
+                end: 6,
+                attributes: vec![KeyValue::new("error.type", "queue_unavailable")],
+                error: Some("queue_unavailable"),
+            },
+        ];
+        let body = encode_request(&resource_bytes, "conveyor", &spans);
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("valid protobuf");
+        let rs = &req.resource_spans[0];
+        let res: Vec<(String, Option<Any>)> =
+            rs.resource.as_ref().unwrap().attributes.iter().map(|kv| (kv.key.clone(), kv.value.clone().unwrap().value)).collect();
+        assert!(res.contains(&("service.name".into(), Some(Any::StringValue("ci-service".into())))), "{res:?}");
+        assert!(res.contains(&("pid".into(), Some(Any::IntValue(42)))), "{res:?}");
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().unwrap().name, "conveyor");
+        let (a, b) = (&ss.spans[0], &ss.spans[1]);
+        assert_eq!((a.trace_id.as_slice(), a.span_id.as_slice(), a.parent_span_id.as_slice()), (&[7u8; 16][..], &[1u8; 8][..], &[2u8; 8][..]));
+        assert_eq!((a.name.as_str(), a.kind), ("receive", SpanKind::Server as i32));
+        assert_eq!((a.start_time_unix_nano, a.end_time_unix_nano), (1_700_000_000_000_000_000, 1_700_000_000_000_500_000));
+        let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
+            s.attributes.iter().find(|kv| kv.key == k).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
+        };
+        assert_eq!(attr(a, "http.route"), Some(Any::StringValue("/hooks/push".into())));
+        assert_eq!(attr(a, "http.response.status_code"), Some(Any::IntValue(202)));
+        assert_eq!(attr(a, "ok"), Some(Any::BoolValue(true)));
+        assert_eq!(attr(a, "ratio"), Some(Any::DoubleValue(0.5)));
+        assert_eq!(a.status, None);
+        assert_eq!(a.flags & 0x301, 0x301, "sampled, remote parent");
+        assert!(b.parent_span_id.is_empty());
+        let status = b.status.as_ref().unwrap();
+        assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "queue_unavailable"));
+    }
+}
