@@ -138,8 +138,11 @@ impl RequestSpan {
         let incoming = parent.span().span_context().clone();
         if let Some(l) = LEAN.get() {
             let sampled = !incoming.is_valid() || incoming.is_sampled() || l.always_on;
-            let (trace_id, state) =
-                if incoming.is_valid() { (incoming.trace_id(), incoming.trace_state().clone()) } else { (l.ids.new_trace_id(), TraceState::default()) };
+            let (trace_id, state) = if incoming.is_valid() {
+                (incoming.trace_id(), incoming.trace_state().clone())
+            } else {
+                (l.ids.new_trace_id(), TraceState::default())
+            };
             let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
             let sc = SpanContext::new(trace_id, l.ids.new_span_id(), flags, false, state);
             let parent = incoming.is_valid().then(|| incoming.span_id().to_bytes());

@@ -136,7 +136,10 @@ fn export_loop(shared: &Shared, endpoint: &str, resource: &[u8], scope: &str) {
                         Ok(r) => format!("HTTP {}", r.status()),
                         Err(e) => e.to_string(),
                     };
-                    eprintln!("telemetry: exporting {} request spans to {endpoint} failed ({failures} failures so far): {why}", chunk.len());
+                    eprintln!(
+                        "telemetry: exporting {} request spans to {endpoint} failed ({failures} failures so far): {why}",
+                        chunk.len()
+                    );
                 }
             }
         }
@@ -278,9 +281,8 @@ mod tests {
 
     #[test]
     fn encodes_what_the_generated_protobuf_types_decode() {
-        let resource = Resource::builder_empty()
-            .with_attributes([KeyValue::new("service.name", "ci-service"), KeyValue::new("pid", 42i64)])
-            .build();
+        let resource =
+            Resource::builder_empty().with_attributes([KeyValue::new("service.name", "ci-service"), KeyValue::new("pid", 42i64)]).build();
         let mut resource_bytes = Vec::new();
         for (k, v) in resource.iter() {
             let mut kv = Vec::new();
@@ -324,7 +326,10 @@ mod tests {
         let ss = &rs.scope_spans[0];
         assert_eq!(ss.scope.as_ref().unwrap().name, "conveyor");
         let (a, b) = (&ss.spans[0], &ss.spans[1]);
-        assert_eq!((a.trace_id.as_slice(), a.span_id.as_slice(), a.parent_span_id.as_slice()), (&[7u8; 16][..], &[1u8; 8][..], &[2u8; 8][..]));
+        assert_eq!(
+            (a.trace_id.as_slice(), a.span_id.as_slice(), a.parent_span_id.as_slice()),
+            (&[7u8; 16][..], &[1u8; 8][..], &[2u8; 8][..])
+        );
         assert_eq!((a.name.as_str(), a.kind), ("receive", SpanKind::Server as i32));
         assert_eq!((a.start_time_unix_nano, a.end_time_unix_nano), (1_700_000_000_000_000_000, 1_700_000_000_000_500_000));
         let attr = |s: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {

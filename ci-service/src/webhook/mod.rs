@@ -264,7 +264,27 @@ mod tests {
         for name in ["feature/login-form", "release/1.2", "user@host", "a.b"] {
             assert!(matches!(classify_ref(&format!("refs/heads/{name}"), &sha, false), Ok(RefTarget::Build { .. })), "{name}");
         }
-        for bad in ["--upload-pack=touch /tmp/x", "-x", "a b", "a..b", "a/.b", "a//b", "a/", "x.lock", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "a@{1}", "@", "a.", "tab\tx"] {
+        for bad in [
+            "--upload-pack=touch /tmp/x",
+            "-x",
+            "a b",
+            "a..b",
+            "a/.b",
+            "a//b",
+            "a/",
+            "x.lock",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            "a@{1}",
+            "@",
+            "a.",
+            "tab\tx",
+        ] {
             assert!(matches!(classify_ref(&format!("refs/heads/{bad}"), &sha, false), Err(IntakeError::Invalid(_))), "{bad:?}");
         }
     }

@@ -41,7 +41,11 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
     assert!(staging.contains(&format!("    newTag: {tag}\n")), "staging's overlay has the new tag:\n{staging}");
     let original = stack.manifest_repo.show(&before, STAGING);
     assert_eq!(staging, original.replace("newTag: initial", &format!("newTag: {tag}")), "only the tag changed");
-    assert_eq!(stack.manifest_repo.show(&head, PRODUCTION), stack.manifest_repo.show(&before, PRODUCTION), "production waits for a promotion");
+    assert_eq!(
+        stack.manifest_repo.show(&head, PRODUCTION),
+        stack.manifest_repo.show(&before, PRODUCTION),
+        "production waits for a promotion"
+    );
     // What Argo CD or Flux applies from that commit.
     let image = format!("{}/{APP}:{tag}", stack.registry.addr);
     assert_eq!(stack.deployed_image(&head, "staging").unwrap(), image);

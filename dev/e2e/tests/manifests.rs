@@ -71,8 +71,7 @@ fn each_overlay_renders_its_environment_from_the_shared_base() {
     assert!(deployment(&production)["spec"]["template"]["spec"]["topologySpreadConstraints"].is_sequence());
 
     // conveyor.yaml sends builds to staging and leaves production to promotions.
-    let config: Value =
-        serde_norway::from_str(&std::fs::read_to_string(repo_root().join("k8s-manifests/conveyor.yaml")).unwrap()).unwrap();
+    let config: Value = serde_norway::from_str(&std::fs::read_to_string(repo_root().join("k8s-manifests/conveyor.yaml")).unwrap()).unwrap();
     let envs = &config["apps"]["flask-app"]["environments"];
     assert_eq!(envs["staging"]["policy"].as_str(), Some("auto"));
     assert_eq!(envs["production"]["policy"].as_str(), Some("manual"));
@@ -82,13 +81,43 @@ fn each_overlay_renders_its_environment_from_the_shared_base() {
 /// One edit to a copied tree: the file, the text replaced, its replacement, and the error line
 /// `dev/check-manifests` must print for it.
 const BREAKAGES: &[(&str, &str, &str, &str)] = &[
-    ("argocd/flask-app.yaml", "    targetRevision: main\n    path: apps/flask-app/overlays/staging", "    targetRevison: main\n    path: apps/flask-app/overlays/staging", "/spec/source/targetRevison: unknown field"),
-    ("argocd/flask-app.yaml", "      selfHeal: true\n    retry:", "      selfHeal: \"yes\"\n    retry:", "/spec/syncPolicy/automated/selfHeal must be boolean"),
-    ("argocd/flask-app.yaml", "    path: apps/flask-app/overlays/production", "    path: apps/flask-app/overlays/prod", "syncs 'apps/flask-app/overlays/prod', which is not a kustomization directory"),
-    ("flux/flask-app.yaml", "  ref:\n    branch: main\n  interval: 1m", "  ref:\n    branch: main", "must have required property \"interval\""),
-    ("flux/flask-app.yaml", "  dependsOn:\n    - name: flask-app-staging\n  sourceRef:\n    kind: GitRepository", "  dependsOn:\n    - name: flask-app-staging\n  sourceRef:\n    kind: GitRepo", "/spec/sourceRef/kind must be one of"),
+    (
+        "argocd/flask-app.yaml",
+        "    targetRevision: main\n    path: apps/flask-app/overlays/staging",
+        "    targetRevison: main\n    path: apps/flask-app/overlays/staging",
+        "/spec/source/targetRevison: unknown field",
+    ),
+    (
+        "argocd/flask-app.yaml",
+        "      selfHeal: true\n    retry:",
+        "      selfHeal: \"yes\"\n    retry:",
+        "/spec/syncPolicy/automated/selfHeal must be boolean",
+    ),
+    (
+        "argocd/flask-app.yaml",
+        "    path: apps/flask-app/overlays/production",
+        "    path: apps/flask-app/overlays/prod",
+        "syncs 'apps/flask-app/overlays/prod', which is not a kustomization directory",
+    ),
+    (
+        "flux/flask-app.yaml",
+        "  ref:\n    branch: main\n  interval: 1m",
+        "  ref:\n    branch: main",
+        "must have required property \"interval\"",
+    ),
+    (
+        "flux/flask-app.yaml",
+        "  dependsOn:\n    - name: flask-app-staging\n  sourceRef:\n    kind: GitRepository",
+        "  dependsOn:\n    - name: flask-app-staging\n  sourceRef:\n    kind: GitRepo",
+        "/spec/sourceRef/kind must be one of",
+    ),
     ("apps/flask-app/overlays/staging/kustomization.yaml", "  - ../../base\n", "  - ../../bases\n", "(kustomize build)"),
-    ("apps/flask-app/overlays/production/resources.yaml", "        - maxSkew: 1", "        - maxSkew: one", "Deployment/flask-app-production/flask-app"),
+    (
+        "apps/flask-app/overlays/production/resources.yaml",
+        "        - maxSkew: 1",
+        "        - maxSkew: one",
+        "Deployment/flask-app-production/flask-app",
+    ),
     ("conveyor/cd-service.yaml", "readinessProbe:", "readinesProbe:", "Deployment/conveyor/cd-service"),
 ];
 
@@ -116,5 +145,8 @@ fn broken_manifests_are_refused_with_the_field_or_path_named() {
     // Eight breakages in seven objects (one Application has two), one unknown kind; a failed
     // kustomize build is one line. Everything else still validates.
     assert_eq!(invalid.len(), 8, "{text}");
-    assert!(text.contains("Kustomization/flux-system/flask-app-staging") && text.contains("ok      Service/flask-app-production/flask-app"), "{text}");
+    assert!(
+        text.contains("Kustomization/flux-system/flask-app-staging") && text.contains("ok      Service/flask-app-production/flask-app"),
+        "{text}"
+    );
 }

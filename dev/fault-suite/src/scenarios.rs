@@ -145,7 +145,8 @@ async fn check_pushes(world: &World, repos: &[AppRepo], urls: &[String], row: &m
             }
             if n == 0 {
                 let builds = records.get(commit).cloned().unwrap_or_default();
-                let superseded = i + 1 < repo.pushed.len() && builds.iter().any(|b| b.state == "cancelled" && b.reason.starts_with("superseded"));
+                let superseded =
+                    i + 1 < repo.pushed.len() && builds.iter().any(|b| b.state == "cancelled" && b.reason.starts_with("superseded"));
                 if !superseded {
                     row.losses += 1;
                     row.notes.push(format!("{}@{} has no event; its builds: {builds:?}", repo.app, &commit[..12]));
@@ -193,16 +194,24 @@ fn check_commits(world: &World, row: &mut Row) {
     if !twice.is_empty() {
         let keep = std::env::temp_dir().join(format!("conveyor-faults-{}-{}", row.scenario, std::process::id()));
         let _ = std::fs::create_dir_all(&keep);
-        let history = conveyor_testkit::run(
-            std::process::Command::new("git").arg("-C").arg(&world.manifests.path).args(["log", "--graph", "--format=%h %s%n%b", "main"]),
-        );
+        let history = conveyor_testkit::run(std::process::Command::new("git").arg("-C").arg(&world.manifests.path).args([
+            "log",
+            "--graph",
+            "--format=%h %s%n%b",
+            "main",
+        ]));
         let _ = std::fs::write(keep.join("manifest-history.txt"), history);
         for entry in std::fs::read_dir(world.path()).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().ends_with(".log") {
                 let _ = std::fs::copy(entry.path(), keep.join(entry.file_name()));
             }
         }
-        row.notes.push(format!("{} events committed twice: {}; history and logs kept in {}", twice.len(), twice.join(", "), keep.display()));
+        row.notes.push(format!(
+            "{} events committed twice: {}; history and logs kept in {}",
+            twice.len(),
+            twice.join(", "),
+            keep.display()
+        ));
     }
 }
 
@@ -503,7 +512,9 @@ fn bad_request(kind: usize, i: usize, repo_url: &str) -> (String, Vec<(&'static 
             ("generic: commit not an id".into(), vec![ct, ("x-conveyor-signature-256", world::sign(&body))], body)
         }
         5 => {
-            let body = json(serde_json::json!({"repo_url": repo_url, "ref": "refs/heads/--upload-pack=touch /tmp/x", "commit": format!("{:040x}", i)}));
+            let body = json(
+                serde_json::json!({"repo_url": repo_url, "ref": "refs/heads/--upload-pack=touch /tmp/x", "commit": format!("{:040x}", i)}),
+            );
             ("generic: invalid ref".into(), vec![ct, ("x-conveyor-signature-256", world::sign(&body))], body)
         }
         6 => {
@@ -584,10 +595,7 @@ pub async fn bad_webhooks(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let mut by_kind: Vec<_> = answers.iter().collect();
     by_kind.sort();
-    row.notes.push(format!(
-        "answers: {}",
-        by_kind.iter().map(|((k, s), n)| format!("{k} → {s} ×{n}")).collect::<Vec<_>>().join("; ")
-    ));
+    row.notes.push(format!("answers: {}", by_kind.iter().map(|((k, s), n)| format!("{k} → {s} ×{n}")).collect::<Vec<_>>().join("; ")));
     if refused != scale.bad_webhooks {
         row.not_refused = scale.bad_webhooks - refused;
         row.notes.push(format!("{} bad requests were not refused with a 4xx", scale.bad_webhooks - refused));

@@ -191,7 +191,14 @@ impl World {
 /// Sends the push of `commit` to a ci-service replica, as the post-receive hook does. Like a
 /// load balancer with a forge's redelivery behind it, it tries the next replica when one is
 /// down and again after a 503 (NATS away), for up to `limit`. Returns the tries it took.
-pub async fn send_push(http: &reqwest::Client, urls: &[String], start: usize, repo_url: &str, commit: &str, limit: Duration) -> anyhow::Result<usize> {
+pub async fn send_push(
+    http: &reqwest::Client,
+    urls: &[String],
+    start: usize,
+    repo_url: &str,
+    commit: &str,
+    limit: Duration,
+) -> anyhow::Result<usize> {
     let body = serde_json::to_vec(&serde_json::json!({
         "repo_url": repo_url, "ref": "refs/heads/main", "commit": commit,
     }))?;
@@ -210,7 +217,9 @@ pub async fn send_push(http: &reqwest::Client, urls: &[String], start: usize, re
             .await;
         match answer {
             Ok(r) if r.status().as_u16() == 202 || r.status().as_u16() == 200 => return Ok(tries),
-            Ok(r) if r.status().is_client_error() => bail!("push of {commit} refused: {} {}", r.status(), r.text().await.unwrap_or_default()),
+            Ok(r) if r.status().is_client_error() => {
+                bail!("push of {commit} refused: {} {}", r.status(), r.text().await.unwrap_or_default())
+            }
             _ if Instant::now() > deadline => bail!("push of {commit} not accepted within {limit:?}"),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -230,7 +239,6 @@ pub async fn publish(client: &async_nats::Client, event: &ImageBuilt, limit: Dur
         }
     }
 }
-
 
 pub fn manifest(registry: &str, app: &str, tag: &str) -> String {
     format!("apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {app}\nspec:\n  template:\n    spec:\n      containers:\n        - name: {app}\n          image: {registry}/{app}:{tag}\n")
