@@ -9,7 +9,7 @@ use common::{applied, image_built, race_the_next_push, seeded_repo, start_cd_ssh
 
 use std::path::Path;
 
-use conveyor_telemetry::{Export, Protocol, Settings, Telemetry};
+use conveyor_telemetry::{Export, Protocol, RequestSpans, Settings, Telemetry};
 use conveyor_testkit::{otlp::describe, otlp::OtlpReceiver, TestNats, TestSshd};
 
 const TRACE: &str = "5c1c63257de34c67a6b1a3f0e5a1d4b2";
@@ -23,6 +23,7 @@ async fn a_moved_branch_is_retried_as_an_event_on_the_git_push_span() {
         log_filter: "warn".into(),
         export: Some(Export { protocol: Protocol::HttpProtobuf, endpoint: format!("{}/v1/traces", receiver.http_base) }),
         disabled: false,
+        request_spans: RequestSpans::Lean { always_on: false },
     })
     .expect("install telemetry");
 
