@@ -324,22 +324,27 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     // of the time after it came back.
     let (http, registry) = (world.http.clone(), world.registry.addr.clone());
     let pace = Duration::from_millis(400);
-    let down = AtomicBool::new(false);
+    // Changes when NATS stops and when it is back: a send that saw it change (or began while
+    // NATS was down) overlapped an outage. A send can block through a whole outage, so
+    // sampling "down" at its start alone would miss it.
+    let outage_epoch = std::sync::atomic::AtomicUsize::new(0);
     let (mut redelivered, mut while_down) = (0, 0);
     let inputs = async {
+        let overlapped = |before: usize| before % 2 == 1 || outage_epoch.load(Ordering::SeqCst) != before;
         for step in 0..steps {
-            let is_down = down.load(Ordering::SeqCst);
             if step < scale.nats_pushes {
+                let before = outage_epoch.load(Ordering::SeqCst);
                 let repo = &mut repos[step % ci_names.len()];
                 let commit = World::commit_and_push(repo, step);
                 redelivered += send_push(&http, &ci_urls, step, &repo.bare.url(), &commit, PUSH_LIMIT).await? - 1;
-                while_down += usize::from(is_down);
+                while_down += usize::from(overlapped(before));
             }
             if step < rounds {
+                let before = outage_epoch.load(Ordering::SeqCst);
                 for app in &cd_names {
                     publish(&client, &event(&registry, app, step + 1, t0), PUSH_LIMIT).await?;
                 }
-                while_down += if is_down { cd_names.len() } else { 0 };
+                while_down += if overlapped(before) { cd_names.len() } else { 0 };
             }
             tokio::time::sleep(pace).await;
         }
@@ -349,11 +354,11 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let outages = async {
         for _ in 0..2 {
             tokio::time::sleep(pace * steps as u32 / 4).await;
-            down.store(true, Ordering::SeqCst);
+            outage_epoch.fetch_add(1, Ordering::SeqCst);
             nats.stop();
             tokio::time::sleep(Duration::from_secs(2)).await;
             nats.restart().await;
-            down.store(false, Ordering::SeqCst);
+            outage_epoch.fetch_add(1, Ordering::SeqCst);
         }
     };
     let (sent, ()) = tokio::join!(inputs, outages);
@@ -370,7 +375,7 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let retried = metric_sum(&world.http, &ci_urls, "conveyor_ci_step_retries_total{step=\"publish\"}").await;
     row.notes.push(format!(
-        "{while_down} pushes and events were sent while NATS was down; {redelivered} webhook deliveries were answered 503 or not at all and sent again; ci-service retried {retried} event publishes"
+        "{while_down} pushes and events were sent while NATS was down or going down; {redelivered} webhook deliveries were answered 503 or not at all and sent again; ci-service retried {retried} event publishes"
     ));
     if while_down == 0 {
         row.injected = 0;
