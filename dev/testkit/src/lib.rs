@@ -25,8 +25,26 @@ pub use nats::TestNats;
 pub use registry::TestRegistry;
 pub use ssh::TestSshd;
 
-/// A free TCP port on 127.0.0.1 (bound and released; the OS will not hand it out again at once).
+/// A free TCP port on 127.0.0.1 for a server started afterwards. It is picked at random below
+/// the kernel's ephemeral range (32768–60999 by default), where the outgoing connections of
+/// parallel tests never land, and checked by binding it: a port from `bind(0)` is itself an
+/// ephemeral one, which a busy test run's client connections took between the check and the
+/// server's bind (seen as "Address already in use" once the fault suite ran beside the e2e tests).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        ^ (u64::from(std::process::id()) << 32);
+    for _ in 0..1000 {
+        // splitmix64 over a per-process counter: distinct picks within a process, spread across processes.
+        let mut z = seed.wrapping_add(STATE.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed));
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let port = 20_000 + ((z ^ (z >> 31)) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
 }
 
