@@ -97,6 +97,19 @@ impl Replicas {
         self.replicas.iter().map(|r| format!("http://127.0.0.1:{}", r.port)).collect()
     }
 
+    /// The last lines of replica `i`'s log, and whether it has exited (for errors).
+    pub fn describe(&mut self, i: usize) -> String {
+        let r = &mut self.replicas[i];
+        let state = match r.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => format!("exited ({status})"),
+            Some(_) => "running".to_string(),
+            None => "not running".to_string(),
+        };
+        let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        format!("{} is {state}; its log ends:\n{}", r.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+
     /// SIGKILL, as the kernel's OOM killer or a node failure would: no cleanup, no goodbye.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.replicas[i].child.take() {

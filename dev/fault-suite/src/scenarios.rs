@@ -33,16 +33,17 @@ const DRAIN: Duration = Duration::from_secs(1800);
 
 type Shared = Arc<Mutex<Replicas>>;
 
-async fn wait_ready(http: &reqwest::Client, urls: &[String]) -> anyhow::Result<()> {
+/// Waits until every replica answers `/readyz`; the error says which did not, and shows its log.
+async fn wait_ready(http: &reqwest::Client, replicas: &mut Replicas) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY;
-    for url in urls {
+    for (i, url) in replicas.urls().iter().enumerate() {
         loop {
             let ok = http.get(format!("{url}/readyz")).timeout(Duration::from_secs(2)).send().await.is_ok_and(|r| r.status().is_success());
             if ok {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("{url} not ready within {READY:?}");
+                bail!("{url} not ready within {READY:?}: {}", replicas.describe(i));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -237,11 +238,12 @@ pub async fn ci_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     let names = apps("app", scale.ci_apps);
     let world = World::new(&names).await?;
     // Every push is built (no cancelling of superseded builds), so that kills land in builds.
-    let ci: Shared = Arc::new(Mutex::new(world.start_ci_with(3, 2, &[("CONVEYOR_CANCEL_SUPERSEDED", "false")])));
+    let mut ci = world.start_ci_with(3, 2, &[("CONVEYOR_CANCEL_SUPERSEDED", "false")]);
     let mut cd = world.start_cd(2);
-    let ci_urls = ci.lock().unwrap().urls();
-    wait_ready(&world.http, &ci_urls).await?;
-    wait_ready(&world.http, &cd.urls()).await?;
+    let ci_urls = ci.urls();
+    wait_ready(&world.http, &mut ci).await?;
+    wait_ready(&world.http, &mut cd).await?;
+    let ci: Shared = Arc::new(Mutex::new(ci));
     let mut repos: Vec<AppRepo> = names.iter().map(|a| world.app_repo(a)).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -273,9 +275,9 @@ pub async fn ci_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
 pub async fn cd_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     let names = apps("svc", scale.cd_apps);
     let world = World::new(&names).await?;
-    let cd: Shared = Arc::new(Mutex::new(world.start_cd(2)));
-    let cd_urls = cd.lock().unwrap().urls();
-    wait_ready(&world.http, &cd_urls).await?;
+    let mut cd = world.start_cd(2);
+    wait_ready(&world.http, &mut cd).await?;
+    let cd: Shared = Arc::new(Mutex::new(cd));
     let client = async_nats::connect(&world.nats.url).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -312,8 +314,8 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let mut ci = world.start_ci(2, 2);
     let mut cd = world.start_cd(2);
     let ci_urls = ci.urls();
-    wait_ready(&world.http, &ci_urls).await?;
-    wait_ready(&world.http, &cd.urls()).await?;
+    wait_ready(&world.http, &mut ci).await?;
+    wait_ready(&world.http, &mut cd).await?;
     let mut repos: Vec<AppRepo> = ci_names.iter().map(|a| world.app_repo(a)).collect();
     let client = async_nats::connect(&world.nats.url).await?;
     let rounds = scale.nats_events / cd_names.len();
@@ -395,8 +397,8 @@ pub async fn registry_outage(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let mut ci = world.start_ci(2, 2);
     let mut cd = world.start_cd(1);
     let ci_urls = ci.urls();
-    wait_ready(&world.http, &ci_urls).await?;
-    wait_ready(&world.http, &cd.urls()).await?;
+    wait_ready(&world.http, &mut ci).await?;
+    wait_ready(&world.http, &mut cd).await?;
     let mut repos: Vec<AppRepo> = names.iter().map(|a| world.app_repo(a)).collect();
     let pushes = scale.registry_pushes;
 
@@ -446,7 +448,7 @@ pub async fn outside_pushes(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let names = apps("svc", scale.cd_apps);
     let world = World::new(&names).await?;
     let mut cd = world.start_cd(2);
-    wait_ready(&world.http, &cd.urls()).await?;
+    wait_ready(&world.http, &mut cd).await?;
     let client = async_nats::connect(&world.nats.url).await?;
     let rounds = scale.events / names.len();
     let commits = scale.outside_commits;
@@ -551,8 +553,8 @@ pub async fn bad_webhooks(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let mut ci = world.start_ci(2, 1);
     let mut cd = world.start_cd(1);
     let ci_urls = ci.urls();
-    wait_ready(&world.http, &ci_urls).await?;
-    wait_ready(&world.http, &cd.urls()).await?;
+    wait_ready(&world.http, &mut ci).await?;
+    wait_ready(&world.http, &mut cd).await?;
     let mut repos: Vec<AppRepo> = names.iter().map(|a| world.app_repo(a)).collect();
     let target = repos[0].bare.url();
 
