@@ -69,8 +69,7 @@ fn spawn_cd(nats: &TestNats, bare: &BareRepo, workdir: &Path, batch_max: usize) 
 
 /// Every `Conveyor-Event-Id` trailer on the branch, oldest commit last.
 fn committed_event_ids(bare: &BareRepo) -> Vec<String> {
-    let out = conveyor_testkit::run(Command::new("git").arg("-C").arg(&bare.path).args(["log", "--format=%B", "main"]));
-    out.lines().filter_map(|l| l.strip_prefix("Conveyor-Event-Id: ")).map(str::to_string).collect()
+    bare.trailer_values("main", "Conveyor-Event-Id")
 }
 
 fn assert_final_tags(bare: &BareRepo, rounds: usize) {

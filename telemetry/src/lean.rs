@@ -66,12 +66,7 @@ impl LeanExporter {
             stopping: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
-        let mut resource_bytes = Vec::new();
-        for (k, v) in resource.iter() {
-            let mut kv = Vec::new();
-            key_value(&mut kv, k.as_str(), v);
-            length_delimited(&mut resource_bytes, 1, &kv);
-        }
+        let resource_bytes = encode_resource(resource);
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("otlp-lean-export".into())
@@ -248,6 +243,17 @@ fn span(out: &mut Vec<u8>, s: &Finished, scratch: &mut Vec<u8>) {
     out.extend_from_slice(&flags.to_le_bytes());
 }
 
+/// The fields of a `Resource { attributes = 1 }`, encoded once per exporter.
+pub(crate) fn encode_resource(resource: &Resource) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in resource.iter() {
+        let mut kv = Vec::new();
+        key_value(&mut kv, k.as_str(), v);
+        length_delimited(&mut out, 1, &kv);
+    }
+    out
+}
+
 /// `ExportTraceServiceRequest { resource_spans = 1 }` holding one resource and one scope.
 pub(crate) fn encode_request(resource_attributes: &[u8], scope: &str, spans: &[Finished]) -> Vec<u8> {
     let mut scope_spans = Vec::with_capacity(spans.len() * 256 + 64);
@@ -283,12 +289,7 @@ mod tests {
     fn encodes_what_the_generated_protobuf_types_decode() {
         let resource =
             Resource::builder_empty().with_attributes([KeyValue::new("service.name", "ci-service"), KeyValue::new("pid", 42i64)]).build();
-        let mut resource_bytes = Vec::new();
-        for (k, v) in resource.iter() {
-            let mut kv = Vec::new();
-            key_value(&mut kv, k.as_str(), v);
-            length_delimited(&mut resource_bytes, 1, &kv);
-        }
+        let resource_bytes = encode_resource(&resource);
         let spans = [
             Finished {
                 trace_id: [7; 16],

@@ -105,9 +105,7 @@ impl Replicas {
             Some(_) => "running".to_string(),
             None => "not running".to_string(),
         };
-        let log = std::fs::read_to_string(&r.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(15).collect();
-        format!("{} is {state}; its log ends:\n{}", r.name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        format!("{} is {state}; its log ends:\n{}", r.name, log_tail(&r.log))
     }
 
     /// SIGKILL, as the kernel's OOM killer or a node failure would: no cleanup, no goodbye.
@@ -133,13 +131,7 @@ impl Replicas {
             let r = &mut self.replicas[i];
             let Some(child) = r.child.as_mut() else { continue };
             if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&r.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                self.crashes.push(Crash {
-                    replica: r.name.clone(),
-                    status: status.to_string(),
-                    log_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-                });
+                self.crashes.push(Crash { replica: r.name.clone(), status: status.to_string(), log_tail: log_tail(&r.log) });
                 r.child = None;
                 self.respawn(i);
             }
@@ -166,15 +158,22 @@ impl Replicas {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             };
             if !status.is_some_and(|s| s.success()) {
-                let log = std::fs::read_to_string(&r.log).unwrap_or_default();
                 self.crashes.push(Crash {
                     replica: r.name.clone(),
                     status: status.map(|s| s.to_string()).unwrap_or_else(|| "did not stop within 30 s of SIGTERM".into()),
-                    log_tail: log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+                    log_tail: log_tail(&r.log),
                 });
             }
         }
     }
+}
+
+/// The last 20 lines of a replica's log.
+fn log_tail(path: &Path) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let mut tail: Vec<&str> = log.lines().rev().take(20).collect();
+    tail.reverse();
+    tail.join("\n")
 }
 
 impl Drop for Replicas {

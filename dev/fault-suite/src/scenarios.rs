@@ -500,9 +500,7 @@ fn bad_request(kind: usize, i: usize, repo_url: &str) -> (String, Vec<(&'static 
     match kind % 10 {
         // Signed with another secret.
         0 => {
-            let mut h = hmac::Mac::new_from_slice(b"not-the-secret").map(|m: hmac::Hmac<sha2::Sha256>| m).unwrap();
-            hmac::Mac::update(&mut h, &good);
-            let sig = format!("sha256={}", hex::encode(hmac::Mac::finalize(h).into_bytes()));
+            let sig = world::sign_with("not-the-secret", &good);
             ("generic: wrong secret".into(), vec![ct, ("x-conveyor-signature-256", sig)], good)
         }
         1 => ("generic: no signature".into(), vec![ct], good),

@@ -5,15 +5,12 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
 use conveyor_testkit::{copy_tree, repo_root, BareRepo, TestNats, TestRegistry, WorkClone};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::procs::{Replicas, Service};
@@ -143,8 +140,7 @@ impl World {
 
     /// Every `Conveyor-Event-Id` trailer on the manifest branch.
     pub fn committed_event_ids(&self) -> Vec<String> {
-        let out = conveyor_testkit::run(Command::new("git").arg("-C").arg(&self.manifests.path).args(["log", "--format=%B", "main"]));
-        out.lines().filter_map(|l| l.strip_prefix("Conveyor-Event-Id: ")).map(str::to_string).collect()
+        self.manifests.trailer_values("main", "Conveyor-Event-Id")
     }
 
     /// The tag `apps/<app>/deployment.yaml` deploys on the manifest branch.
@@ -264,10 +260,13 @@ pub fn event(registry: &str, app: &str, round: usize, t0: OffsetDateTime) -> Ima
     }
 }
 
+/// The `X-Conveyor-Signature-256` value for `body` under `secret`, as the hook computes it.
+pub fn sign_with(secret: &str, body: &[u8]) -> String {
+    format!("sha256={}", ci_service::webhook::signature::sign(&ci_service::secrets::Secret::new(secret), body))
+}
+
 pub fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    sign_with(SECRET, body)
 }
 
 fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {

@@ -69,6 +69,17 @@ impl BareRepo {
         run(git(&self.path).args(["rev-list", "--count", branch])).trim().parse().expect("rev-list count")
     }
 
+    /// Every value of the trailer `key` (e.g. `Conveyor-Event-Id`) in the branch's commit
+    /// messages, newest commit first.
+    pub fn trailer_values(&self, branch: &str, key: &str) -> Vec<String> {
+        let prefix = format!("{key}: ");
+        run(git(&self.path).args(["log", "--format=%B", branch]))
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `git log --oneline` of a branch.
     pub fn log_oneline(&self, branch: &str) -> String {
         run(git(&self.path).args(["log", "--oneline", branch]))
