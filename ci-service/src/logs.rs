@@ -34,6 +34,24 @@ fn err(e: impl std::fmt::Display) -> LogError {
     LogError(e.to_string())
 }
 
+/// A stream with `max_bytes` reserves that much of the server's file store when it is created,
+/// and nats-server's store defaults to 75% of the disk's free space: on a nearly full disk the
+/// default 1 GiB does not fit. Say so, and what to change, instead of NATS's bare error code.
+fn open_error(e: jetstream::context::CreateStreamError, max_bytes: i64) -> LogError {
+    let code = match e.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(js) => Some(js.kind()),
+        _ => None,
+    };
+    match code {
+        Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED | jetstream::ErrorCode::INSUFFICIENT_RESOURCES) => LogError(format!(
+            "NATS cannot reserve {max_bytes} bytes of file storage for the log stream {STREAM} ({e}). \
+             Lower CONVEYOR_LOGS_MAX_BYTES (--logs-max-bytes), or give nats-server more: its \
+             `jetstream {{ max_file_store }}` defaults to 75% of the free disk space"
+        )),
+        _ => err(e),
+    }
+}
+
 /// What a reader of a log sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogItem {
@@ -61,7 +79,7 @@ impl Logs {
                 ..Default::default()
             })
             .await
-            .map_err(err)?;
+            .map_err(|e| open_error(e, max_bytes))?;
         Ok(Self { js: js.clone(), stream })
     }
 

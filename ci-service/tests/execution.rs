@@ -2,7 +2,8 @@
 //! no build runs twice; a replica that dies mid-build hands its job to the other; a newer push
 //! cancels the older build of its branch; cancel by request; a step over its time limit fails
 //! and leaves no container; logs stream live over Server-Sent Events; a failed registry push is
-//! retried by hand without rebuilding.
+//! retried by hand without rebuilding; a NATS file store too small for the log stream is named
+//! at startup.
 
 mod common;
 
@@ -251,4 +252,26 @@ async fn a_failed_registry_push_is_retried_by_hand_without_rebuilding() {
     // Only a build that failed at push or publish can be retried that way.
     let (status, body) = ci.post(&format!("/builds/{id}/retry"), &[("content-type", "application/json")], vec![]).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("not_retryable")));
+}
+
+/// The log stream reserves `CONVEYOR_LOGS_MAX_BYTES` (1 GiB) of NATS's file store, which
+/// nats-server sizes at 75% of the free disk unless told: on a nearly full disk ci-service must
+/// say what to change, and start with a reservation that fits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_store_too_small_for_the_log_stream_is_named_at_startup() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start_with_max_file_store(256 << 20).await, TestRegistry::start().await);
+    let Err(e) = Ci::try_start(&nats, &registry.addr, |_| {}).await else { panic!("ci-service started on a 256 MiB store with 1 GiB of logs") };
+    let message = e.to_string();
+    for needle in ["1073741824 bytes", "CONVEYOR_LOGS_MAX_BYTES", "max_file_store"] {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+
+    let ci = Ci::start(&nats, &registry.addr, |c| c.logs_max_bytes = 64 << 20).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, _work, c) = app_repo(dir.path(), &[]);
+    let id = ci.push_commit(&bare, "refs/heads/main", &c).await;
+    let build = ci.wait_finished(id).await;
+    assert_eq!(build["state"], "succeeded", "{build}");
+    assert!(ci.logs(id).await.contains("tests-passed"), "{}", ci.logs(id).await);
 }

@@ -32,6 +32,11 @@ pub struct Ci {
 impl Ci {
     /// Starts ci-service on a free port; `adjust` changes the configuration first.
     pub async fn start(nats: &TestNats, registry: &str, adjust: impl FnOnce(&mut Config)) -> Ci {
+        Self::try_start(nats, registry, adjust).await.expect("ci-service starts")
+    }
+
+    /// As `start`, but returns ci-service's startup error.
+    pub async fn try_start(nats: &TestNats, registry: &str, adjust: impl FnOnce(&mut Config)) -> Result<Ci, ci_service::StartError> {
         let workdir = tempfile::tempdir().unwrap();
         let replica = format!("test-{}", uuid::Uuid::now_v7().simple());
         let mut cfg = Config::defaults();
@@ -44,14 +49,14 @@ impl Ci {
         cfg.build_timeout_secs = 120;
         cfg.test_timeout_secs = 60;
         adjust(&mut cfg);
-        let app = App::connect(cfg).await.expect("ci-service starts");
+        let app = App::connect(cfg).await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(app.serve(listener, async move {
             let _ = stopped.await;
         }));
-        Ci { addr, replica, stop: Some(stop), done: Some(done), _workdir: workdir }
+        Ok(Ci { addr, replica, stop: Some(stop), done: Some(done), _workdir: workdir })
     }
 
     /// Tears the replica down at once, running builds and all, as if its process died.

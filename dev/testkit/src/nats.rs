@@ -1,4 +1,7 @@
 //! A private nats-server with JetStream on a free loopback port and a temp store dir.
+//!
+//! Its file store is given a size: nats-server's default is 75% of the disk's free space, which
+//! on a nearly full CI disk is less than the 1 GiB ci-service's log stream reserves.
 
 use std::{
     path::PathBuf,
@@ -10,6 +13,9 @@ use async_nats::jetstream;
 
 use crate::{free_port, ChildGuard};
 
+/// The file store the test servers get; what the tests store is far less.
+pub const DEFAULT_MAX_FILE_STORE: u64 = 8 << 30;
+
 pub struct TestNats {
     pub port: u16,
     pub url: String,
@@ -18,10 +24,17 @@ pub struct TestNats {
 }
 
 impl TestNats {
-    /// Starts `nats-server -js` and waits until JetStream answers.
+    /// Starts `nats-server` with JetStream and waits until JetStream answers.
     pub async fn start() -> Self {
+        Self::start_with_max_file_store(DEFAULT_MAX_FILE_STORE).await
+    }
+
+    /// Starts it with a JetStream file store of `bytes` (`jetstream { max_file_store }`).
+    pub async fn start_with_max_file_store(bytes: u64) -> Self {
         let store = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let config = format!("jetstream {{\n  store_dir: {:?}\n  max_file_store: {bytes}\n}}\n", store.path().join("js"));
+        std::fs::write(store.path().join("nats.conf"), config).expect("nats config");
         let mut this = Self { port, url: format!("nats://127.0.0.1:{port}"), store, child: None };
         this.spawn().await;
         this
@@ -30,8 +43,8 @@ impl TestNats {
     async fn spawn(&mut self) {
         let log = std::fs::File::create(self.store.path().join("nats.log")).expect("log file");
         let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.store.path().join("js"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
+            .arg(self.store.path().join("nats.conf"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
