@@ -127,6 +127,7 @@ impl App {
             Duration::from_secs(config.dedup_window_secs.max(1)),
             Duration::from_secs(config.ack_wait_secs.max(3)),
             config.max_deliver,
+            config.records_max_age(),
         )
         .await?;
         let records = Records::open(&js, config.records_max_age()).await?;

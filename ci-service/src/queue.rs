@@ -4,11 +4,17 @@
 //! commit of the same ref pushed again is dropped by `Nats-Msg-Id` de-duplication. Cancel
 //! requests travel on a plain NATS control subject every replica listens to. Every job carries
 //! the trace context of the request that queued it in its `traceparent` header.
+//!
+//! "Newer push of the branch" is answered from two places: the queue's last job on the branch's
+//! subject while it is queued or running, and a key-value bucket with the newest job number of
+//! every branch, which outlives the job. A job whose delivery stalled (its worker lost NATS)
+//! can come back after the newer push of its branch was built and acked out of the queue; the
+//! bucket still says it is superseded, so the older commit is not built (and deployed) last.
 
 use std::time::Duration;
 
 use async_nats::{
-    jetstream::{self, consumer, stream},
+    jetstream::{self, consumer, kv, stream},
     HeaderMap,
 };
 use bytes::Bytes;
@@ -21,6 +27,8 @@ use crate::webhook::PushRequest;
 pub const STREAM: &str = "CONVEYOR_CI_JOBS";
 pub const CONSUMER: &str = "ci-workers";
 pub const CONTROL_SUBJECT: &str = "conveyor.ci.control";
+/// Key-value bucket: the newest job number of each repository and branch.
+pub const HEADS_BUCKET: &str = "CONVEYOR_CI_BRANCH_HEADS";
 
 /// A unit of work.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +42,10 @@ pub enum Job {
     },
     /// Re-run the push and publish steps of a build whose image exists.
     Retry { build: u64 },
+}
+
+fn head_of(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Notices to every replica.
@@ -63,12 +75,21 @@ pub struct Enqueued {
 pub struct Queue {
     js: jetstream::Context,
     stream: stream::Stream,
+    heads: kv::Store,
     ack_wait: Duration,
     max_deliver: i64,
 }
 
 impl Queue {
-    pub async fn open(js: &jetstream::Context, dedup_window: Duration, ack_wait: Duration, max_deliver: i64) -> Result<Self, QueueError> {
+    /// Opens (or creates) the queue and the branch heads; a branch's head is forgotten
+    /// `heads_max_age` after its last push.
+    pub async fn open(
+        js: &jetstream::Context,
+        dedup_window: Duration,
+        ack_wait: Duration,
+        max_deliver: i64,
+        heads_max_age: Duration,
+    ) -> Result<Self, QueueError> {
         let stream = js
             .get_or_create_stream(stream::Config {
                 name: STREAM.into(),
@@ -81,7 +102,24 @@ impl Queue {
             })
             .await
             .map_err(err)?;
-        Ok(Self { js: js.clone(), stream, ack_wait, max_deliver })
+        // Created as a stream with the key-value conventions: `create_key_value` cannot parse
+        // nats-server 2.9's account info (see records.rs).
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{HEADS_BUCKET}"),
+            description: Some("Conveyor ci-service newest job of each branch".into()),
+            subjects: vec![format!("$KV.{HEADS_BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_age: heads_max_age,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(err)?;
+        let heads = js.get_key_value(HEADS_BUCKET).await.map_err(err)?;
+        Ok(Self { js: js.clone(), stream, heads, ack_wait, max_deliver })
     }
 
     /// `conveyor.ci.jobs.<app>.<hash of repository and ref>`: the newest job on a subject is the
@@ -89,6 +127,11 @@ impl Queue {
     pub fn job_subject(push: &PushRequest) -> String {
         let hash = Sha256::digest(format!("{}\n{}", push.repo_url, push.git_ref).as_bytes());
         format!("conveyor.ci.jobs.{}.{}", push.app, &hex::encode(hash)[..16])
+    }
+
+    /// The branch-heads key of a push's repository and ref.
+    fn head_key(push: &PushRequest) -> String {
+        hex::encode(Sha256::digest(format!("{}\n{}", push.repo_url, push.git_ref).as_bytes()))
     }
 
     /// The de-duplication id of a push: repository, ref and commit.
@@ -107,7 +150,39 @@ impl Queue {
         traceparent: Option<&str>,
     ) -> Result<Enqueued, QueueError> {
         let job = Job::Build { push: push.clone(), queued_at };
-        self.publish(Self::job_subject(push), &job, msg_id, traceparent).await
+        let queued = self.publish(Self::job_subject(push), &job, msg_id, traceparent).await?;
+        if !queued.duplicate {
+            // The job is queued either way; the worker that takes it notes it again.
+            if let Err(e) = self.note_head(push, queued.id).await {
+                tracing::warn!(error = %e, build.id = queued.id, "cannot note the newest job of the branch yet");
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Records job `id` as the newest of its branch, unless a newer one is recorded already
+    /// (compare-and-set, so concurrent pushes never move a head backwards).
+    pub async fn note_head(&self, push: &PushRequest, id: u64) -> Result<(), QueueError> {
+        let key = Self::head_key(push);
+        let value = || Bytes::from(id.to_string());
+        loop {
+            let written = match self.heads.entry(key.as_str()).await.map_err(err)? {
+                Some(entry) if head_of(&entry.value).is_some_and(|head| head >= id) => return Ok(()),
+                Some(entry) => match self.heads.update(&key, value(), entry.revision).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => false,
+                    Err(e) => return Err(err(e)),
+                },
+                None => match self.heads.create(&key, value()).await {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(err(e)),
+                },
+            };
+            if written {
+                return Ok(());
+            }
+        }
     }
 
     pub async fn enqueue_retry(&self, build: u64, attempt: u32, traceparent: Option<&str>) -> Result<Enqueued, QueueError> {
@@ -158,14 +233,17 @@ impl Queue {
         Ok(jobs)
     }
 
-    /// The number of a newer job for the same repository and ref, if one is queued or running.
+    /// The number of a newer job for the same repository and ref: one that is queued or
+    /// running, or one that was queued and has ended.
     pub async fn newer_job(&self, push: &PushRequest, id: u64) -> Result<Option<u64>, QueueError> {
         match self.stream.get_last_raw_message_by_subject(&Self::job_subject(push)).await {
-            Ok(m) if m.sequence > id => Ok(Some(m.sequence)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(err(e)),
+            Ok(m) if m.sequence > id => return Ok(Some(m.sequence)),
+            Ok(_) => {}
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(e) => return Err(err(e)),
         }
+        let head = self.heads.get(Self::head_key(push)).await.map_err(err)?;
+        Ok(head.as_deref().and_then(head_of).filter(|head| *head > id))
     }
 
     /// The shared durable consumer the workers pull from.

@@ -1,6 +1,7 @@
 //! How builds run, against the real dockerd, registry and NATS: two replicas share one queue and
 //! no build runs twice; a replica that dies mid-build hands its job to the other; a newer push
-//! cancels the older build of its branch; cancel by request; a step over its time limit fails
+//! cancels the older build of its branch, also when the older job comes back after the newer
+//! build ended; cancel by request; a step over its time limit fails
 //! and leaves no container; logs stream live over Server-Sent Events; a failed registry push is
 //! retried by hand without rebuilding; a NATS file store too small for the log stream is named
 //! at startup.
@@ -8,6 +9,9 @@
 mod common;
 
 use std::{collections::HashSet, time::Duration};
+
+use async_nats::jetstream::AckKind;
+use futures::StreamExt;
 
 use common::{app_repo, steps, Ci};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
@@ -252,6 +256,61 @@ async fn a_failed_registry_push_is_retried_by_hand_without_rebuilding() {
     // Only a build that failed at push or publish can be retried that way.
     let (status, body) = ci.post(&format!("/builds/{id}/retry"), &[("content-type", "application/json")], vec![]).await;
     assert_eq!((status, body["error"].as_str()), (409, Some("not_retryable")));
+}
+
+/// A worker takes the older push's job and goes silent (it lost NATS) while the newer push of
+/// the branch is built, pushed and published, and its job leaves the queue. When the older job
+/// comes back it must be cancelled as superseded: built now, it would start after the newer
+/// build and be deployed over it. (Found by the fault suite's `nats-restart`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_job_that_comes_back_after_the_newer_build_ended_is_superseded() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let api = Ci::start(&nats, &registry.addr, |c| c.workers = 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, work, older_commit) = app_repo(dir.path(), &[]);
+    let older = api.push_commit(&bare, "refs/heads/main", &older_commit).await;
+
+    // The silent worker: the workers' own consumer hands it the older job.
+    let config = ci_service::Config::defaults();
+    let queue = ci_service::queue::Queue::open(
+        &nats.jetstream().await,
+        Duration::from_secs(config.dedup_window_secs),
+        Duration::from_secs(config.ack_wait_secs),
+        config.max_deliver,
+        config.records_max_age(),
+    )
+    .await
+    .unwrap();
+    let mut taken = queue.consumer().await.unwrap().fetch().max_messages(1).messages().await.unwrap();
+    let stalled = taken.next().await.unwrap().unwrap();
+    assert_eq!(stalled.info().unwrap().stream_sequence, older);
+
+    let newer_commit = commit(&work, &[("VERSION", "2")], "newer");
+    let newer = api.push_commit(&bare, "refs/heads/main", &newer_commit).await;
+    let worker = Ci::start(&nats, &registry.addr, |_| {}).await;
+    let built = loop {
+        // Keep the older job's lease alive until the newer build ended and left the queue.
+        stalled.ack_with(AckKind::Progress).await.unwrap();
+        let b = worker.build(newer).await;
+        if b["finished_at"].is_string() {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(built["state"], "succeeded", "{built}");
+    conveyor_testkit::wait_until("the newer job to leave the queue", Duration::from_secs(20), || async {
+        queue.job(newer).await.unwrap().is_none()
+    })
+    .await;
+    stalled.ack_with(AckKind::Nak(None)).await.unwrap();
+
+    let back = worker.wait_finished(older).await;
+    assert_eq!(back["state"], "cancelled", "{back}");
+    assert_eq!(back["reason"], format!("superseded by build {newer} of the same branch"));
+    let events = nats.stream_messages(EVENTS_STREAM).await;
+    assert_eq!(events.len(), 1, "only the newer push was published");
+    assert_eq!(ImageBuilt::from_json(&events[0].1).unwrap().source.commit, newer_commit);
 }
 
 /// The log stream reserves `CONVEYOR_LOGS_MAX_BYTES` (1 GiB) of NATS's file store, which

@@ -245,6 +245,11 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
             end(ctx, BuildState::Cancelled, Some(format!("superseded by build {newer} of the same branch"))).await;
             return;
         }
+        // The webhook noted this job as the branch's newest when it queued it; that can have
+        // failed (NATS went away right after the job was stored), so note it before building.
+        if let Err(e) = state.queue.note_head(&push, id).await {
+            tracing::warn!(error = %e, "cannot note the newest job of the branch");
+        }
     }
     let replica = state.replica.clone();
     let trace = take_over(&ctx, &replica).await.map(|t| format!(", trace {t}")).unwrap_or_default();
