@@ -1,10 +1,10 @@
 //! How builds run, against the real dockerd, registry and NATS: two replicas share one queue and
 //! no build runs twice; a replica that dies mid-build hands its job to the other; a newer push
 //! cancels the older build of its branch, also when the older job comes back after the newer
-//! build ended; cancel by request; a step over its time limit fails
-//! and leaves no container; logs stream live over Server-Sent Events; a failed registry push is
-//! retried by hand without rebuilding; a NATS file store too small for the log stream is named
-//! at startup.
+//! build ended; cancel by request; a step over its time limit fails and leaves no container;
+//! logs stream live over Server-Sent Events; a failed registry push is retried by hand without
+//! rebuilding; the end of a build is stored across a NATS outage; a NATS file store too small
+//! for the log stream is named at startup.
 
 mod common;
 
@@ -311,6 +311,30 @@ async fn an_older_job_that_comes_back_after_the_newer_build_ended_is_superseded(
     let events = nats.stream_messages(EVENTS_STREAM).await;
     assert_eq!(events.len(), 1, "only the newer push was published");
     assert_eq!(ImageBuilt::from_json(&events[0].1).unwrap().source.commit, newer_commit);
+}
+
+/// NATS hangs while a build's tests run and dies without coming back: the build's end, sent
+/// into the hung server's connection, is never stored, and the worker must write it again
+/// once NATS is back instead of leaving the record at "running" for ever (the job is acked
+/// either way). Found by the fault suite's `nats-restart`, which waited for such a build until
+/// its 30-minute limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_end_of_a_build_reaches_its_record_across_a_nats_outage() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (mut nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = Ci::start(&nats, &registry.addr, |c| c.test_command = "sleep 3; exit 3".into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bare, _work, c) = app_repo(dir.path(), &[]);
+    let id = ci.push_commit(&bare, "refs/heads/main", &c).await;
+    wait_step(&ci, id, "test").await;
+    nats.freeze();
+    // The tests fail (exit 3) about 3 s later; writing the end waits 5 s for an ack and gives up.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    nats.restart().await;
+    let build = ci.wait_finished(id).await;
+    assert_eq!(build["state"], "failed", "{build}");
+    assert!(build["reason"].as_str().is_some_and(|r| r.contains("exited with code 3")), "{build}");
+    assert_eq!(build["steps"].as_array().unwrap().last().unwrap()["state"], "failed", "{build}");
 }
 
 /// The log stream reserves `CONVEYOR_LOGS_MAX_BYTES` (1 GiB) of NATS's file store, which

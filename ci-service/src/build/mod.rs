@@ -115,11 +115,38 @@ impl LogSink for crate::logs::LogWriter {
 }
 
 impl Ctx<'_> {
+    /// Stores a change of the record. A failed write is only logged: the next one writes the
+    /// whole record, and the last one (`finish`) is retried.
     async fn update(&self, f: impl FnOnce(&mut BuildRecord)) {
         let mut rec = self.rec.lock().await;
         f(&mut rec);
         if let Err(e) = self.state.records.put(&rec).await {
             tracing::warn!(build.id = rec.id, error = %e, "could not store the build record");
+        }
+    }
+
+    /// Stores the build's end. Nothing writes the record after this, and the worker acks the
+    /// job once it returns: lost to a NATS outage, the record would say "running" for ever. So
+    /// the write is retried, 1 s, 2 s, 4 s … 10 s apart, for up to `FINISH_PATIENCE`, while the
+    /// worker keeps the job's lease.
+    async fn finish(&self, state: BuildState, reason: Option<String>) {
+        let mut rec = self.rec.lock().await;
+        rec.finish(state, reason);
+        let deadline = tokio::time::Instant::now() + FINISH_PATIENCE;
+        let mut wait = Duration::from_secs(1);
+        loop {
+            match self.state.records.put(&rec).await {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(build.id = rec.id, error = %e, retry_in = ?wait, "could not store the end of the build; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    tracing::error!(build.id = rec.id, error = %e, "gave up storing the end of the build: its record still says it runs");
+                    return;
+                }
+            }
         }
     }
 
@@ -296,6 +323,9 @@ async fn watch_for_newer(state: &AppState, id: u64, push: &PushRequest, run: &Ru
     }
 }
 
+/// How long the end of a build is retried into the records (NATS away).
+const FINISH_PATIENCE: Duration = Duration::from_secs(300);
+
 /// How often a running build looks for a newer push of its branch.
 const SUPERSEDE_POLL: Duration = Duration::from_secs(1);
 
@@ -347,7 +377,7 @@ async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
         BuildState::Succeeded => tracing::info!("build succeeded"),
         _ => tracing::warn!(state = %word, reason = reason.as_deref().unwrap_or(""), "build ended"),
     }
-    ctx.update(|r| r.finish(state, reason)).await;
+    ctx.finish(state, reason).await;
     ctx.log.close(&word).await;
 }
 

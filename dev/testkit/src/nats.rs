@@ -70,6 +70,14 @@ impl TestNats {
         self.child = None;
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open, and what clients send is neither
+    /// answered nor refused, as with a hung server. `stop` or `restart` then kills it, and what
+    /// it had not read yet is gone.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("nats-server runs").0.id().to_string();
+        crate::run(Command::new("kill").args(["-STOP", &pid]));
+    }
+
     /// Starts it again on the same port and store.
     pub async fn restart(&mut self) {
         self.stop();
