@@ -18,16 +18,37 @@ struct Args {
     only: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args = Args::parse();
     let scale = if args.scale == "full" { Scale::full() } else { Scale::bounded() };
     let seed = args.seed.unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     eprintln!("[faults] {} scale, seed {seed}", scale.name);
-    let rows = run(&scale, seed, &args.only).await;
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let rows = runtime.block_on(async {
+        tokio::select! {
+            rows = run(&scale, seed, &args.only) => Some(rows),
+            signal = stopped() => {
+                eprintln!("[faults] {signal}: stopping the services the suite started");
+                None
+            }
+        }
+    });
+    // Dropping the runtime drops every task still holding a scenario's world, and with it the
+    // ci-service, cd-service, NATS and registry processes it started.
+    drop(runtime);
+    let Some(rows) = rows else { std::process::exit(130) };
     println!("\nfault-injection suite: {} scale, seed {seed}\n", scale.name);
     print!("{}", table(&rows));
     let clean = rows.iter().all(|r| r.clean());
     println!("\n{}", if clean { "zero lost, zero duplicated, zero crashes" } else { "NOT CLEAN: see the notes above" });
     std::process::exit(if clean { 0 } else { 1 });
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn stopped() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+    }
 }

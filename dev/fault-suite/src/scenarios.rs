@@ -28,8 +28,12 @@ use crate::{
 
 const READY: Duration = Duration::from_secs(60);
 const PUSH_LIMIT: Duration = Duration::from_secs(180);
-/// How long a burst may take to drain once its inputs are in.
-const DRAIN: Duration = Duration::from_secs(1800);
+/// How long a burst of `pushes` may take to drain once its inputs are in: a few seconds a build
+/// on two cores, and a floor for the slowest machine. A build stuck for good fails the run
+/// within minutes at bounded scale instead of holding CI for half an hour.
+fn drain(pushes: usize) -> Duration {
+    Duration::from_secs(300 + 4 * pushes as u64)
+}
 
 type Shared = Arc<Mutex<Replicas>>;
 
@@ -103,16 +107,23 @@ async fn wait_builds_finished(world: &World, repos: &[AppRepo], urls: &[String],
     let deadline = Instant::now() + limit;
     loop {
         let records = world.builds(urls).await;
-        let pending: Vec<&String> = repos
+        let pending: Vec<(&str, &String)> = repos
             .iter()
-            .flat_map(|r| r.pushed.iter())
-            .filter(|c| !records.get(*c).is_some_and(|rs| rs.iter().any(|b| finished(&b.state))))
+            .flat_map(|r| r.pushed.iter().map(|c| (r.app.as_str(), c)))
+            .filter(|(_, c)| !records.get(*c).is_some_and(|rs| rs.iter().any(|b| finished(&b.state))))
             .collect();
         if pending.is_empty() {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} pushes have no finished build after {limit:?}", pending.len());
+            let named: Vec<String> = pending
+                .iter()
+                .map(|(app, c)| {
+                    let states: Vec<&str> = records.get(*c).map(|rs| rs.iter().map(|b| b.state.as_str()).collect()).unwrap_or_default();
+                    format!("{app} {} ({})", &c[..12.min(c.len())], if states.is_empty() { "no build".into() } else { states.join(", ") })
+                })
+                .collect();
+            bail!("{} pushes have no finished build after {limit:?}: {}", pending.len(), named.join("; "));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -257,7 +268,7 @@ pub async fn ci_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     // Faults go on while the burst is built (for up to a minute after the last push).
     let _ = wait_builds_finished(&world, &repos, &ci_urls, Duration::from_secs(60)).await;
     stop_killer(&stop, killer).await;
-    wait_builds_finished(&world, &repos, &ci_urls, DRAIN).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     let mut row = Row { scenario: "ci-kill-9", inputs: format!("{} pushes, {} apps", scale.pushes, names.len()), ..Row::default() };
@@ -365,7 +376,7 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let (sent, ()) = tokio::join!(inputs, outages);
     sent?;
-    wait_builds_finished(&world, &repos, &ci_urls, DRAIN).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     let mut row = Row {
@@ -423,7 +434,7 @@ pub async fn registry_outage(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let (sent, ()) = tokio::join!(inputs, outages);
     sent?;
-    wait_builds_finished(&world, &repos, &ci_urls, DRAIN).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     // The outages must have hit pushes (else this scenario tested nothing).
@@ -586,7 +597,7 @@ pub async fn bad_webhooks(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let (_, sent) = tokio::join!(bad, good);
     sent?;
-    wait_builds_finished(&world, &repos, &ci_urls, DRAIN).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     let answers = answers.lock().unwrap().clone();
