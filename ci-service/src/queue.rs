@@ -102,23 +102,9 @@ impl Queue {
             })
             .await
             .map_err(err)?;
-        // Created as a stream with the key-value conventions: `create_key_value` cannot parse
-        // nats-server 2.9's account info (see records.rs).
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{HEADS_BUCKET}"),
-            description: Some("Conveyor ci-service newest job of each branch".into()),
-            subjects: vec![format!("$KV.{HEADS_BUCKET}.>")],
-            max_messages_per_subject: 1,
-            max_age: heads_max_age,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            discard: stream::DiscardPolicy::New,
-            ..Default::default()
-        })
-        .await
-        .map_err(err)?;
-        let heads = js.get_key_value(HEADS_BUCKET).await.map_err(err)?;
+        let heads = crate::records::open_bucket(js, HEADS_BUCKET, "Conveyor ci-service newest job of each branch", heads_max_age)
+            .await
+            .map_err(QueueError)?;
         Ok(Self { js: js.clone(), stream, heads, ack_wait, max_deliver })
     }
 
