@@ -483,7 +483,14 @@ impl ManifestRepo {
         }
         match result {
             Ok(_) => Ok(()),
-            Err(e) if matches!(e.code(), ErrorCode::Modified | ErrorCode::Locked) => Err(PushFailure::Moved(e.message().to_string())),
+            Err(e) if e.code() == ErrorCode::Locked => {
+                // Another writer holds the branch, or one died holding it: a replica killed by
+                // SIGKILL in this very call leaves the lock behind in the remote, and then every
+                // push would fail until a person removed it.
+                remove_stale_remote_locks(remote.path(), &self.cfg.branch);
+                Err(PushFailure::Moved(e.message().to_string()))
+            }
+            Err(e) if e.code() == ErrorCode::Modified => Err(PushFailure::Moved(e.message().to_string())),
             Err(e) => Err(fatal(e)),
         }
     }
@@ -517,6 +524,24 @@ impl ManifestRepo {
                     reason,
                 })),
             },
+        }
+    }
+}
+
+/// How old a lock on a local remote's branch must be to count as left by a dead process: a live
+/// update holds it for milliseconds.
+pub const STALE_REMOTE_LOCK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Removes the branch's lock (and `packed-refs.lock`) in a local remote's git dir when it is
+/// older than `STALE_REMOTE_LOCK`.
+fn remove_stale_remote_locks(git_dir: &Path, branch: &str) {
+    for lock in [git_dir.join(format!("refs/heads/{branch}.lock")), git_dir.join("packed-refs.lock")] {
+        let age = std::fs::metadata(&lock).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|age| age > STALE_REMOTE_LOCK) {
+            match std::fs::remove_file(&lock) {
+                Ok(()) => tracing::warn!(path = %lock.display(), ?age, "removed a stale lock in the manifest repository (a writer died holding it)"),
+                Err(e) => tracing::warn!(path = %lock.display(), error = %e, "cannot remove a stale lock in the manifest repository"),
+            }
         }
     }
 }

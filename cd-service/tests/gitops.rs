@@ -1,7 +1,8 @@
 //! cd-service against real NATS JetStream and real git remotes (bare repos on disk and over
 //! ssh with a deploy key): an event becomes exactly one pushed commit that changes only the
 //! tag; re-applied events, invalid events and events nobody references commit nothing and do
-//! not stop the consumer; a concurrent outside push is kept; ssh failures name their cause.
+//! not stop the consumer; a concurrent outside push is kept; a lock a dead writer left on the
+//! branch is removed once stale; ssh failures name their cause.
 
 mod common;
 use common::{applied, image_built, race_the_next_push, seeded_repo, start_cd, start_cd_ssh};
@@ -223,6 +224,33 @@ async fn outside_commits_are_kept_and_a_moved_branch_is_retried() {
     assert_eq!(bare.count("main"), 4);
     assert!(bare.show("main", "apps/web/service.yaml").contains("port: 8080"));
     assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:v3"));
+}
+
+/// cd-service moves a local manifest repository's branch itself, under the branch's lock; a
+/// replica killed by SIGKILL in that moment leaves `refs/heads/main.lock` behind, and every
+/// later push would fail. A lock as young as a live writer's is respected; one older than
+/// `STALE_REMOTE_LOCK` is removed and the event lands. (Found by the fault suite's `cd-kill-9`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_a_dead_writer_left_on_the_branch_is_removed_once_stale() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = manifest_repo(dir.path());
+    let head = bare.head("main").unwrap();
+    let lock = bare.path.join("refs/heads/main.lock");
+    std::fs::write(&lock, format!("{head}\n")).unwrap();
+    let _cd = start_cd(&nats, &bare.url()).await;
+    let seq = nats.publish_event(&event("web", REPO, "after-the-lock")).await;
+
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(lock.exists(), "a fresh lock (a writer at work) is left alone");
+    assert_eq!(bare.head("main").unwrap(), head, "nothing pushed past the lock");
+
+    let dead_since = std::time::SystemTime::now() - cd_service::gitops::STALE_REMOTE_LOCK * 2;
+    std::fs::File::options().write(true).open(&lock).unwrap().set_modified(dead_since).unwrap();
+    applied(&nats, seq).await;
+    assert!(!lock.exists(), "the stale lock was removed");
+    assert_eq!(bare.count("main"), 2, "the event landed as one commit");
+    assert!(bare.show("main", "apps/web/deployment.yaml").contains("registry.example.test/team/web:after-the-lock"));
 }
 
 fn ssh_repo_config(url: &str, key: &Path, known_hosts: &Path, workdir: &Path) -> cd_service::gitops::RepoConfig {
