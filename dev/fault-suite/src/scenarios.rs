@@ -303,7 +303,11 @@ pub async fn cd_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     }
     let _ = world.wait_cd_done(Duration::from_secs(20)).await;
     stop_killer(&stop, killer).await;
-    world.wait_cd_done(Duration::from_secs(300)).await?;
+    if let Err(e) = world.wait_cd_done(Duration::from_secs(300)).await {
+        let mut cd = cd.lock().unwrap();
+        let replicas: Vec<String> = (0..cd.len()).map(|i| cd.describe(i)).collect();
+        bail!("{e:#}\n{}", replicas.join("\n"));
+    }
 
     let mut row = Row { scenario: "cd-kill-9", inputs: format!("{} events, {} apps", rounds * names.len(), names.len()), ..Row::default() };
     check_tags(&world, &names, rounds, &mut row);

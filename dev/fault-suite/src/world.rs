@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
 use conveyor_testkit::{copy_tree, repo_root, BareRepo, TestNats, TestRegistry, WorkClone};
 use time::OffsetDateTime;
@@ -159,9 +159,19 @@ impl World {
         if last == 0 {
             return Ok(());
         }
-        tokio::time::timeout(limit, self.nats.wait_consumer_done(EVENTS_STREAM, CD_CONSUMER, last, limit))
-            .await
-            .context("cd-service did not acknowledge every event")
+        if tokio::time::timeout(limit, self.nats.wait_consumer_done(EVENTS_STREAM, CD_CONSUMER, last, limit)).await.is_ok() {
+            return Ok(());
+        }
+        let consumer = async {
+            let mut c = self.nats.jetstream().await.get_stream(EVENTS_STREAM).await.ok()?.get_consumer::<async_nats::jetstream::consumer::pull::Config>(CD_CONSUMER).await.ok()?;
+            let i = c.info().await.ok()?.clone();
+            Some(format!(
+                "ack floor {}, {} not yet delivered, {} delivered and not acked, {} redelivered, delivered up to {}",
+                i.ack_floor.stream_sequence, i.num_pending, i.num_ack_pending, i.num_redelivered, i.delivered.stream_sequence
+            ))
+        };
+        let state = consumer.await.unwrap_or_else(|| "consumer state unreadable".into());
+        anyhow::bail!("cd-service did not acknowledge every event up to {last} within {limit:?} ({state})")
     }
 
     /// Build records by commit, read from any replica that answers.
