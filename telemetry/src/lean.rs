@@ -25,6 +25,9 @@ const MAX_QUEUE: usize = 2048;
 /// Spans per request, and how long a span waits at most before it is sent.
 const MAX_BATCH: usize = 512;
 const DELAY: Duration = Duration::from_secs(1);
+/// Tries per batch when the collector is briefly away, `RETRY_WAIT` × the try apart.
+const EXPORT_ATTEMPTS: u32 = 3;
+const RETRY_WAIT: Duration = Duration::from_millis(200);
 
 /// A finished request span.
 pub(crate) struct Finished {
@@ -120,8 +123,21 @@ fn export_loop(shared: &Shared, endpoint: &str, resource: &[u8], scope: &str) {
             std::mem::replace(&mut *q, Vec::with_capacity(MAX_BATCH))
         };
         for chunk in batch.chunks(MAX_BATCH) {
-            let body = encode_request(resource, scope, chunk);
-            let sent = client.post(endpoint).header("content-type", "application/x-protobuf").body(body).send();
+            let body = bytes::Bytes::from(encode_request(resource, scope, chunk));
+            let post = || client.post(endpoint).header("content-type", "application/x-protobuf").body(body.clone()).send();
+            let mut sent = post();
+            // What OTLP/HTTP says to retry: a request that did not get through, 429 and 502-504.
+            for attempt in 1..EXPORT_ATTEMPTS {
+                let retry = match &sent {
+                    Ok(r) => matches!(r.status().as_u16(), 429 | 502 | 503 | 504),
+                    Err(e) => !e.is_timeout(),
+                };
+                if !retry {
+                    break;
+                }
+                std::thread::sleep(RETRY_WAIT * attempt);
+                sent = post();
+            }
             let ok = matches!(&sent, Ok(r) if r.status().is_success());
             if !ok {
                 failures += 1;
@@ -345,5 +361,59 @@ mod tests {
         assert!(b.parent_span_id.is_empty());
         let status = b.status.as_ref().unwrap();
         assert_eq!((status.code, status.message.as_str()), (StatusCode::Error as i32, "queue_unavailable"));
+    }
+
+    /// A collector that answers 503, then 200, recording each request's body.
+    fn flaky_collector() -> (String, std::sync::mpsc::Receiver<(u16, Vec<u8>)>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().enumerate() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = if n == 0 { 503 } else { 200 };
+                tx.send((status, body)).unwrap();
+                write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+            }
+        });
+        (endpoint, rx)
+    }
+
+    #[test]
+    fn a_batch_the_collector_refuses_with_503_is_sent_again() {
+        let (endpoint, requests) = flaky_collector();
+        let resource = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "ci-service")]).build();
+        let exporter = LeanExporter::start(endpoint, &resource, "conveyor");
+        exporter.push(Finished {
+            trace_id: [9; 16],
+            span_id: [4; 8],
+            parent_span_id: None,
+            name: "receive",
+            start: 1,
+            end: 2,
+            attributes: vec![],
+            error: None,
+        });
+        exporter.shutdown();
+        let got: Vec<(u16, Vec<u8>)> = requests.try_iter().collect();
+        assert_eq!(got.iter().map(|(status, _)| *status).collect::<Vec<_>>(), [503, 200], "refused once, then sent again");
+        assert_eq!(got[0].1, got[1].1, "the same batch");
+        let req = ExportTraceServiceRequest::decode(got[1].1.as_slice()).unwrap();
+        assert_eq!(req.resource_spans[0].scope_spans[0].spans[0].span_id, [4u8; 8]);
     }
 }
