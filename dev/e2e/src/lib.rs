@@ -63,6 +63,10 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 
 /// Everything the loop runs on; stopped and removed on drop.
 pub struct Stack {
+    // Declared first, so dropped first: the services stop before the repositories and servers
+    // they use go away.
+    _ci: ChildGuard,
+    _cd: ChildGuard,
     pub nats: TestNats,
     pub registry: TestRegistry,
     pub app_repo: BareRepo,
@@ -73,9 +77,22 @@ pub struct Stack {
     /// cd-service's HTTP API (promote, replay, history).
     pub cd_url: String,
     pub dir: tempfile::TempDir,
-    // Declared last: services stop before the repositories and servers they use go away.
-    _ci: ChildGuard,
-    _cd: ChildGuard,
+}
+
+impl Drop for Stack {
+    /// A failed test's services are gone with its temp dir: show the end of their logs first.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for name in ["ci-service", "cd-service"] {
+                let log = self.service_log(name);
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                eprintln!("--- the last {} lines of {name}'s log ---", tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
 }
 
 impl Stack {
