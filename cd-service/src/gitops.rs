@@ -539,7 +539,9 @@ fn remove_stale_remote_locks(git_dir: &Path, branch: &str) {
         let age = std::fs::metadata(&lock).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
         if age.is_some_and(|age| age > STALE_REMOTE_LOCK) {
             match std::fs::remove_file(&lock) {
-                Ok(()) => tracing::warn!(path = %lock.display(), ?age, "removed a stale lock in the manifest repository (a writer died holding it)"),
+                Ok(()) => {
+                    tracing::warn!(path = %lock.display(), ?age, "removed a stale lock in the manifest repository (a writer died holding it)")
+                }
                 Err(e) => tracing::warn!(path = %lock.display(), error = %e, "cannot remove a stale lock in the manifest repository"),
             }
         }

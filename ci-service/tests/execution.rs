@@ -344,7 +344,9 @@ async fn the_end_of_a_build_reaches_its_record_across_a_nats_outage() {
 async fn a_nats_store_too_small_for_the_log_stream_is_named_at_startup() {
     TestDocker::ensure(&[BUSYBOX_IMAGE]);
     let (nats, registry) = (TestNats::start_with_max_file_store(256 << 20).await, TestRegistry::start().await);
-    let Err(e) = Ci::try_start(&nats, &registry.addr, |_| {}).await else { panic!("ci-service started on a 256 MiB store with 1 GiB of logs") };
+    let Err(e) = Ci::try_start(&nats, &registry.addr, |_| {}).await else {
+        panic!("ci-service started on a 256 MiB store with 1 GiB of logs")
+    };
     let message = e.to_string();
     for needle in ["1073741824 bytes", "CONVEYOR_LOGS_MAX_BYTES", "max_file_store"] {
         assert!(message.contains(needle), "{needle:?} not in {message:?}");

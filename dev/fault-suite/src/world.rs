@@ -163,7 +163,16 @@ impl World {
             return Ok(());
         }
         let consumer = async {
-            let mut c = self.nats.jetstream().await.get_stream(EVENTS_STREAM).await.ok()?.get_consumer::<async_nats::jetstream::consumer::pull::Config>(CD_CONSUMER).await.ok()?;
+            let mut c = self
+                .nats
+                .jetstream()
+                .await
+                .get_stream(EVENTS_STREAM)
+                .await
+                .ok()?
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(CD_CONSUMER)
+                .await
+                .ok()?;
             let i = c.info().await.ok()?.clone();
             Some(format!(
                 "ack floor {}, {} not yet delivered, {} delivered and not acked, {} redelivered, delivered up to {}",
