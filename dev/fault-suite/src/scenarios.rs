@@ -28,10 +28,11 @@ use crate::{
 
 const READY: Duration = Duration::from_secs(60);
 const PUSH_LIMIT: Duration = Duration::from_secs(180);
-/// How long a burst of `pushes` may take to drain once its inputs are in: a few seconds a build
+/// How long the pushes to `repos` may take to drain once they are all in: a few seconds a build
 /// on two cores, and a floor for the slowest machine. A build stuck for good fails the run
 /// within minutes at bounded scale instead of holding CI for half an hour.
-fn drain(pushes: usize) -> Duration {
+fn drain(repos: &[AppRepo]) -> Duration {
+    let pushes: usize = repos.iter().map(|r| r.pushed.len()).sum();
     Duration::from_secs(300 + 4 * pushes as u64)
 }
 
@@ -268,7 +269,7 @@ pub async fn ci_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     // Faults go on while the burst is built (for up to a minute after the last push).
     let _ = wait_builds_finished(&world, &repos, &ci_urls, Duration::from_secs(60)).await;
     stop_killer(&stop, killer).await;
-    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(&repos)).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     let mut row = Row { scenario: "ci-kill-9", inputs: format!("{} pushes, {} apps", scale.pushes, names.len()), ..Row::default() };
@@ -380,7 +381,7 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let (sent, ()) = tokio::join!(inputs, outages);
     sent?;
-    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(&repos)).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     let mut row = Row {
@@ -438,7 +439,7 @@ pub async fn registry_outage(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let (sent, ()) = tokio::join!(inputs, outages);
     sent?;
-    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(&repos)).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     // The outages must have hit pushes (else this scenario tested nothing).
@@ -601,7 +602,7 @@ pub async fn bad_webhooks(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     };
     let (_, sent) = tokio::join!(bad, good);
     sent?;
-    wait_builds_finished(&world, &repos, &ci_urls, drain(repos.iter().map(|r| r.pushed.len()).sum())).await?;
+    wait_builds_finished(&world, &repos, &ci_urls, drain(&repos)).await?;
     world.wait_cd_done(Duration::from_secs(300)).await?;
 
     let answers = answers.lock().unwrap().clone();

@@ -180,7 +180,7 @@ impl World {
             ))
         };
         let state = consumer.await.unwrap_or_else(|| "consumer state unreadable".into());
-        anyhow::bail!("cd-service did not acknowledge every event up to {last} within {limit:?} ({state})")
+        bail!("cd-service did not acknowledge every event up to {last} within {limit:?} ({state})")
     }
 
     /// Build records by commit, read from any replica that answers.
