@@ -83,7 +83,8 @@ fn run_baseline(bare: &BareRepo, events: &[(usize, String)]) -> anyhow::Result<D
 fn start_cd(bin: &Path, nats: &TestNats, bare: &BareRepo, work: &Path) -> anyhow::Result<ChildGuard> {
     let log = std::fs::File::create(work.join("cd-service.log"))?;
     let child = Command::new(bin.join("cd-service"))
-        .env("CONVEYOR_NATS_URL", &nats.url)
+        .envs(nats.cd_env())
+        .env("CONVEYOR_ALLOW_UNAUTHENTICATED_API", "true")
         .env("CONVEYOR_CD_LISTEN", "127.0.0.1:0")
         .env("CONVEYOR_MANIFEST_REPO", bare.url())
         .env("CONVEYOR_WORKDIR", work.join("cd-work"))

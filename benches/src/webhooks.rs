@@ -49,7 +49,7 @@ pub async fn start_ci_under(
     };
     let child = command
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CONVEYOR_NATS_URL", &nats.url)
+        .envs(nats.ci_env())
         .env("CONVEYOR_REGISTRY", registry)
         .env("CONVEYOR_WORKDIR", dir.join(format!("work-{port}")))
         .env("CONVEYOR_WORKERS", workers.to_string())

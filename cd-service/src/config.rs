@@ -14,9 +14,31 @@ use crate::gitops::{GitAuth, RepoConfig, Secret};
     after_help = "Promotions, replays and history: the `conveyor` command line (conveyor --help)"
 )]
 pub struct Config {
-    /// NATS server URL (JetStream must be enabled).
-    #[arg(long, env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS server and this service's credentials.
+    #[command(flatten)]
+    pub nats: conveyor_proto::connect::NatsArgs,
+
+    /// ci-service's public event-signing key(s), PEM (`openssl pkey -in ci-signing.pem -pubout`);
+    /// a file may hold several and several files may be given (comma-separated), so a key is
+    /// rotated without a gap. Only build events that verify against one of them are applied.
+    #[arg(long = "ci-public-keys", env = "CONVEYOR_CI_PUBLIC_KEYS", value_delimiter = ',')]
+    pub ci_public_keys: Vec<PathBuf>,
+
+    /// This service's Ed25519 private key (PKCS#8 PEM) that signs its promotions and replays.
+    #[arg(long, env = "CONVEYOR_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Older public keys of this service still trusted for promotions and replays (while rotating).
+    #[arg(long = "cd-public-keys", env = "CONVEYOR_CD_PUBLIC_KEYS", value_delimiter = ',')]
+    pub cd_public_keys: Vec<PathBuf>,
+
+    /// Token that `POST /promote` and `POST /replay` require (`Authorization: Bearer <token>`).
+    #[arg(long, env = "CONVEYOR_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<Secret>,
+
+    /// Start without --api-token, leaving promotions and replays open to whoever reaches the API.
+    #[arg(long, env = "CONVEYOR_ALLOW_UNAUTHENTICATED_API")]
+    pub allow_unauthenticated_api: bool,
 
     /// Address of the HTTP API (`POST /promote`, `GET /healthz`).
     #[arg(long, env = "CONVEYOR_CD_LISTEN", default_value = "127.0.0.1:8090")]

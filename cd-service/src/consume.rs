@@ -1,5 +1,5 @@
 //! The durable JetStream consumer: takes the events that are pending together (bounded batch
-//! size and wait), validates them, applies them to the manifest repository in one commit and
+//! size and wait), validates them and checks their signatures ([`crate::trust`]), applies them to the manifest repository in one commit and
 //! acks each only once that commit is on the remote (or its event needed no commit). Events that
 //! can never apply (invalid, or naming an image no manifest uses) go to the dead-letter stream
 //! with the reason, then are terminated; if that publish fails they are handed back instead, so
@@ -25,11 +25,13 @@ use crate::{
     gitops::{BatchOutcome, ManifestRepo, Verdict},
     metrics::Metrics,
     outcomes::{OutcomeRecord, Recent},
+    trust::Trust,
 };
 use conveyor_proto::{
+    connect::NatsArgs,
     headers,
     stream::{deadletter_stream_config, open_events_stream},
-    ImageBuilt, DEADLETTER_SUBJECT, EVENTS_SUBJECT_WILDCARD,
+    ImageBuilt, DEADLETTER_SUBJECT, EVENTS_CONSUMER_FILTER,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,7 @@ pub struct Consumer {
     opts: ConsumeOptions,
     recent: Arc<Recent>,
     metrics: Arc<Metrics>,
+    trust: Arc<Trust>,
 }
 
 /// What happened to one message (logged, and listed by `GET /outcomes`).
@@ -117,28 +120,39 @@ fn record(seen: &Seen, span: &tracing::Span, msg: &Message, event: Option<&Image
 }
 
 impl Consumer {
-    pub async fn open(url: &str, opts: ConsumeOptions) -> Result<Self, ConsumeError> {
-        let (js, stream) = open_events_stream(url, "conveyor-cd-service", opts.stream_max_messages, opts.stream_max_age).await?;
-        let setup = |e: String| ConsumeError::Setup(e);
+    pub async fn open(nats: &NatsArgs, opts: ConsumeOptions, trust: Arc<Trust>) -> Result<Self, ConsumeError> {
+        let opened = open_events_stream(nats, "conveyor-cd-service", opts.stream_max_messages, opts.stream_max_age, true).await?;
+        let (js, stream, refusals) = (opened.js, opened.stream, opened.refusals);
+        let setup = |e: String| ConsumeError::Setup(format!("{e}{}", refusals.suffix()));
         js.get_or_create_stream(deadletter_stream_config(opts.stream_max_messages)).await.map_err(|e| setup(e.to_string()))?;
-        let consumer = stream
-            .get_or_create_consumer(
-                &opts.durable,
-                pull::Config {
-                    durable_name: Some(opts.durable.clone()),
-                    filter_subject: EVENTS_SUBJECT_WILDCARD.to_string(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: opts.ack_wait,
-                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    // At most one batch in flight: events are applied in stream order.
-                    max_ack_pending: opts.batch_max.max(1) as i64,
-                    ..Default::default()
-                },
-            )
+        let config = |deliver_policy| pull::Config {
+            durable_name: Some(opts.durable.clone()),
+            filter_subject: EVENTS_CONSUMER_FILTER.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: opts.ack_wait,
+            deliver_policy,
+            // At most one batch in flight: events are applied in stream order.
+            max_ack_pending: opts.batch_max.max(1) as i64,
+            ..Default::default()
+        };
+        let mut consumer = stream
+            .get_or_create_consumer(&opts.durable, config(jetstream::consumer::DeliverPolicy::All))
             .await
             .map_err(|e| setup(e.to_string()))?;
+        let info = consumer.cached_info().clone();
+        if info.config.filter_subject != EVENTS_CONSUMER_FILTER {
+            // A consumer made before promotions had their own subject: make it again from where it
+            // stood, so it sees both subjects and nothing acked is delivered again.
+            let start_sequence = info.ack_floor.stream_sequence + 1;
+            tracing::warn!(consumer = %opts.durable, old = %info.config.filter_subject, start_sequence, "re-creating the durable consumer for the promotion subject");
+            stream.delete_consumer(&opts.durable).await.map_err(|e| setup(e.to_string()))?;
+            consumer = stream
+                .create_consumer(config(jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence }))
+                .await
+                .map_err(|e| setup(e.to_string()))?;
+        }
         let messages = consumer.messages().await.map_err(|e| setup(e.to_string()))?;
-        Ok(Self { js, consumer, messages, opts, recent: Arc::default(), metrics: Arc::default() })
+        Ok(Self { js, consumer, messages, opts, recent: Arc::default(), metrics: Arc::default(), trust })
     }
 
     /// The outcomes of the latest events (for `GET /outcomes`).
@@ -200,7 +214,7 @@ impl Consumer {
                 }
             }
             let seen = Seen { recent: self.recent.clone(), metrics: self.metrics.clone() };
-            handle_batch(&repo, &self.js, &seen, batch).await;
+            handle_batch(&repo, &self.js, &seen, &self.trust, batch).await;
         }
     }
 }
@@ -245,13 +259,30 @@ fn consume_span(msg: &Message, event: Option<&ImageBuilt>) -> tracing::Span {
 }
 
 /// Applies one batch and settles every message in it.
-pub async fn handle_batch(repo: &Arc<Mutex<ManifestRepo>>, js: &jetstream::Context, seen: &Seen, batch: Vec<Message>) -> Vec<Outcome> {
+pub async fn handle_batch(
+    repo: &Arc<Mutex<ManifestRepo>>,
+    js: &jetstream::Context,
+    seen: &Seen,
+    trust: &Trust,
+    batch: Vec<Message>,
+) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut valid: Vec<(Message, ImageBuilt, tracing::Span)> = Vec::new();
     for msg in batch {
         match ImageBuilt::from_json(&msg.payload) {
             Ok(event) => {
                 let span = consume_span(&msg, Some(&event));
+                if let Err(why) = trust.check(&msg.subject, msg.headers.as_ref(), &msg.payload, &event) {
+                    let outcome = async {
+                        tracing::error!(sequence = sequence(&msg), subject = %msg.subject, reason = %why, "untrusted event: dead-lettered, nothing written");
+                        dead_letter(js, &msg, &why).await
+                    }
+                    .instrument(span.clone())
+                    .await;
+                    record(seen, &span, &msg, Some(&event), &outcome);
+                    outcomes.push(outcome);
+                    continue;
+                }
                 valid.push((msg, event, span));
             }
             Err(e) => {

@@ -4,8 +4,9 @@
 //! `GET /outcomes` (what happened to the latest events, skips included), and the operator's
 //! `GET /healthz`, `GET /readyz` and `GET /metrics`. A promotion or replay is traced from its
 //! request (continuing an incoming `traceparent`) and linked to the trace of the build it
-//! deploys; its answer carries the trace id. Errors are JSON
-//! `{ "error": <stable code>, "message": <text> }`.
+//! deploys; its answer carries the trace id. `POST` calls need the API token
+//! (`Authorization: Bearer`), checked before the body is read. Errors are JSON
+//! `{ "error": <stable code>, "message": <text> }`, also for unknown routes and methods.
 
 use std::{
     sync::{
@@ -35,10 +36,16 @@ use crate::{
     outcomes::Recent,
     promote::{self, PromoteError},
     replay::{self, ReplayError},
+    trust::Trust,
 };
+use conveyor_proto::Secret;
 
 pub struct HttpState {
     pub js: jetstream::Context,
+    /// Which events are trusted, and the key promotions and replays are signed with.
+    pub trust: Arc<Trust>,
+    /// The token `POST` calls need; `None` only with `--allow-unauthenticated-api`.
+    pub api_token: Option<Secret>,
     pub repo: Arc<Mutex<ManifestRepo>>,
     pub recent: Arc<Recent>,
     pub metrics: Arc<Metrics>,
@@ -49,15 +56,33 @@ pub struct HttpState {
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new()
+    let actions = Router::new()
         .route("/promote", post(promote_handler))
+        .route("/replay", post(replay_handler))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(actions)
         .route("/outcomes", get(outcomes_handler))
         .route("/history", get(history_handler))
-        .route("/replay", post(replay_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
         .with_state(state)
+}
+
+/// Refuses a call without the API token (`401 unauthorized`), before its body is read.
+async fn require_token(State(state): State<Arc<HttpState>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let Some(token) = &state.api_token else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(conveyor_proto::bearer_token);
+    match given {
+        Some(g) if token.matches(g) => next.run(req).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "unauthorized", "the API token does not match"),
+        None => error(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs `Authorization: Bearer <API token>` (CONVEYOR_API_TOKEN)"),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,7 +177,7 @@ async fn promote_request(state: Arc<HttpState>, body: Result<Json<PromoteRequest
         Ok(true) => {}
     }
     let by = req.requested_by.as_deref().unwrap_or("api");
-    match promote::promote(&state.js, &req.app, &req.environment, &req.tag, by).await {
+    match promote::promote(&state.js, &state.trust, &req.app, &req.environment, &req.tag, by).await {
         Ok((sequence, event)) => {
             tracing::info!(app = %req.app, env = %req.environment, tag = %req.tag, %by, sequence, "promotion queued");
             let body = json!({ "event_id": event.event_id, "sequence": sequence, "image": event.image.reference(), "trace_id": current_trace_id() });
@@ -185,7 +210,7 @@ async fn history_handler(State(state): State<Arc<HttpState>>, Query(q): Query<Hi
         }
     };
     let mut deployments = crate::history::from_log(&log, &q.app, q.env.as_deref(), q.limit.unwrap_or(50).min(1000));
-    let events = match replay::app_events(&state.js, &q.app).await {
+    let events = match replay::app_events(&state.js, &state.trust, &q.app).await {
         Ok(e) => e,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", e.to_string()),
     };
@@ -249,7 +274,7 @@ async fn replay_request(state: Arc<HttpState>, body: Result<Json<ReplayBody>, Js
         requested_by: b.requested_by.unwrap_or_else(|| "api".into()),
         dry_run: b.dry_run,
     };
-    match replay::replay(&state.js, &state.repo, req).await {
+    match replay::replay(&state.js, &state.trust, &state.repo, req).await {
         Ok(mut plan) => {
             plan.trace_id = current_trace_id();
             if plan.diff.is_none() {
@@ -266,6 +291,7 @@ async fn replay_request(state: Arc<HttpState>, body: Result<Json<ReplayBody>, Js
                 ReplayError::UnknownTag { .. } => (StatusCode::NOT_FOUND, "unknown_tag"),
                 ReplayError::OutOfRange { .. } => (StatusCode::NOT_FOUND, "sequence_out_of_range"),
                 ReplayError::NotThisApp { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "other_app"),
+                ReplayError::Untrusted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted_event"),
                 ReplayError::AgedOut { .. } => (StatusCode::GONE, "aged_out"),
                 ReplayError::NothingBefore { .. } => (StatusCode::CONFLICT, "nothing_before"),
                 ReplayError::Repo(_) => (StatusCode::SERVICE_UNAVAILABLE, "repo_unavailable"),

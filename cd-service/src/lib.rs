@@ -12,6 +12,7 @@ pub mod outcomes;
 pub mod promote;
 pub mod replay;
 pub mod rewrite;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -32,16 +33,75 @@ pub enum StartError {
     TokenFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(
+        "no --ci-public-keys / CONVEYOR_CI_PUBLIC_KEYS: cd-service applies only build events signed by ci-service \
+         (give it `openssl pkey -in ci-signing.pem -pubout`)"
+    )]
+    NoCiKeys,
+    #[error(
+        "no --signing-key-file / CONVEYOR_SIGNING_KEY_FILE: cd-service signs its promotions and replays \
+         (make a key with `openssl genpkey -algorithm ed25519 -out cd-signing.pem`)"
+    )]
+    NoSigningKey,
+    #[error("{what} {path}: {message}")]
+    Key { what: &'static str, path: std::path::PathBuf, message: String },
+    #[error(
+        "no --api-token / CONVEYOR_API_TOKEN: POST /promote and POST /replay would be open to whoever reaches the API; \
+         set a token, or start with --allow-unauthenticated-api to accept that"
+    )]
+    NoApiToken,
+}
+
+/// Reads the keys cd-service trusts and signs with.
+fn load_trust(config: &Config) -> Result<trust::Trust, StartError> {
+    use conveyor_proto::signing::{EventSigner, TrustedKeys};
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| StartError::Key { what, path: path.to_path_buf(), message: e.to_string() })
+    };
+    let public = |what: &'static str, paths: &[std::path::PathBuf]| -> Result<Option<TrustedKeys>, StartError> {
+        let mut keys = TrustedKeys::default();
+        for path in paths {
+            let parsed = TrustedKeys::from_pem(&read(what, path)?).map_err(|e| StartError::Key {
+                what,
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            keys.extend(&parsed);
+        }
+        Ok((!keys.is_empty()).then_some(keys))
+    };
+    let builds = public("ci-service's public key", &config.ci_public_keys)?.ok_or(StartError::NoCiKeys)?;
+    let path = config.signing_key_file.as_deref().ok_or(StartError::NoSigningKey)?;
+    let signer = EventSigner::from_pem(&read("the signing key", path)?).map_err(|e| StartError::Key {
+        what: "the signing key",
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let older = public("an older public key of cd-service", &config.cd_public_keys)?;
+    Ok(trust::Trust::new(builds, signer, older))
 }
 
 pub struct Service {
     pub repo: Arc<Mutex<ManifestRepo>>,
     consumer: consume::Consumer,
     listener: tokio::net::TcpListener,
+    trust: Arc<trust::Trust>,
+    api_token: Option<gitops::Secret>,
 }
 
 impl Service {
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        if config.api_token.is_none() {
+            if !config.allow_unauthenticated_api {
+                return Err(StartError::NoApiToken);
+            }
+            tracing::warn!(
+                "no --api-token: POST /promote and POST /replay are open to whoever reaches the API (--allow-unauthenticated-api)"
+            );
+        }
+        let trust = Arc::new(load_trust(config)?);
+        let (builds, intents) = trust.key_ids();
+        tracing::info!(?builds, ?intents, "events are applied only when signed by these keys");
         let mut config = config.clone();
         if let Some(path) = config.git_token_file.take() {
             let token = std::fs::read_to_string(&path).map_err(|source| StartError::TokenFile { path: path.clone(), source })?;
@@ -54,11 +114,11 @@ impl Service {
         let repo_cfg = config.repo_config();
         let repo = tokio::task::spawn_blocking(move || ManifestRepo::open_or_clone(repo_cfg)).await??;
         tracing::info!(repo = %config.manifest_repo, branch = %config.branch, clone = %repo.work_tree().display(), "manifest repository ready");
-        let consumer = consume::Consumer::open(&config.nats_url, config.consume_options()).await?;
+        let consumer = consume::Consumer::open(&config.nats, config.consume_options(), trust.clone()).await?;
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.map_err(|source| StartError::Listen { addr: config.listen, source })?;
         tracing::info!(consumer = %config.consumer, http = %config.listen, "consuming image-built events");
-        Ok(Self { repo: Arc::new(Mutex::new(repo)), consumer, listener })
+        Ok(Self { repo: Arc::new(Mutex::new(repo)), consumer, listener, trust, api_token: config.api_token.clone() })
     }
 
     /// The address the HTTP API listens on.
@@ -71,6 +131,8 @@ impl Service {
         let consuming = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let state = Arc::new(http::HttpState {
             js: self.consumer.jetstream(),
+            trust: self.trust.clone(),
+            api_token: self.api_token.clone(),
             repo: self.repo.clone(),
             recent: self.consumer.recent(),
             metrics: self.consumer.metrics(),

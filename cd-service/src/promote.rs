@@ -2,11 +2,13 @@
 //! policy (how `manual` environments such as production move). The image is looked up among the
 //! app's image-built events in the stream; the promotion is published as an event with a
 //! deploy intent and applied through the same queue as builds, so it is ordered, acked after
-//! the push and recorded in the commit (`Conveyor-Promotion`).
+//! the push and recorded in the commit (`Conveyor-Promotion`). Only an image of a verified build
+//! event can be promoted; the promotion is signed with cd-service's key.
 
 use async_nats::jetstream;
 use time::OffsetDateTime;
 
+use crate::trust::Trust;
 use conveyor_proto::{stream::publish_event, validate, DeployIntent, ImageBuilt, IntentKind};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +23,9 @@ pub enum PromoteError {
     Publish(#[from] conveyor_proto::stream::StreamError),
 }
 
-/// The newest image-built event (not a promotion) of `app` with `tag`.
-pub async fn find_build(js: &jetstream::Context, app: &str, tag: &str) -> Result<ImageBuilt, PromoteError> {
-    let events = crate::replay::app_events(js, app).await.map_err(|e| PromoteError::Stream(e.to_string()))?;
+/// The newest verified image-built event (not a promotion) of `app` with `tag`.
+pub async fn find_build(js: &jetstream::Context, trust: &Trust, app: &str, tag: &str) -> Result<ImageBuilt, PromoteError> {
+    let events = crate::replay::app_events(js, trust, app).await.map_err(|e| PromoteError::Stream(e.to_string()))?;
     events
         .into_iter()
         .rev()
@@ -35,6 +37,7 @@ pub async fn find_build(js: &jetstream::Context, app: &str, tag: &str) -> Result
 /// Publishes a promotion of `app:tag` to `environment`; returns the stream sequence and the event.
 pub async fn promote(
     js: &jetstream::Context,
+    trust: &Trust,
     app: &str,
     environment: &str,
     tag: &str,
@@ -46,7 +49,7 @@ pub async fn promote(
     if requested_by.trim().is_empty() {
         return Err(PromoteError::Invalid("requested_by must not be empty".into()));
     }
-    let build = find_build(js, app, tag).await?;
+    let build = find_build(js, trust, app, tag).await?;
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
     let mut event = build.clone();
     event.event_id = format!("promote-{environment}-{app}-{tag}-{nanos}");
@@ -64,6 +67,6 @@ pub async fn promote(
     if let Some(tp) = &build.traceparent {
         conveyor_telemetry::context::link_to(&span, tp);
     }
-    let (sequence, _) = publish_event(js, &event).await?;
+    let (sequence, _) = publish_event(js, &event, trust.signer()).await?;
     Ok((sequence, event))
 }

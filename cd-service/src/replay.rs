@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use crate::{gitops::ManifestRepo, history, manifest_config};
-use conveyor_proto::{stream::publish_event, subject_for_app, validate, DeployIntent, ImageBuilt, IntentKind, EVENTS_STREAM};
+use crate::{gitops::ManifestRepo, history, manifest_config, trust::Trust};
+use conveyor_proto::{
+    app_events_filter, deploy_subject_for_app, stream::publish_event, subject_for_app, validate, DeployIntent, ImageBuilt, IntentKind,
+    EVENTS_STREAM,
+};
 
 /// Which earlier deployment to go back (or forward) to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +58,8 @@ pub enum ReplayError {
     NotThisApp { seq: u64, app: String, other: String },
     #[error("{app} has no earlier deployment in {env} to go back to")]
     NothingBefore { app: String, env: String },
+    #[error("{0}")]
+    Untrusted(String),
     #[error("cannot read the event stream: {0}")]
     Stream(String),
     #[error(transparent)]
@@ -74,16 +79,21 @@ fn stream_err(e: impl std::fmt::Display) -> ReplayError {
     ReplayError::Stream(e.to_string())
 }
 
-/// Every event of `app` still in the stream, oldest first, with its sequence.
-pub async fn app_events(js: &jetstream::Context, app: &str) -> Result<Vec<(u64, ImageBuilt)>, ReplayError> {
+/// Every trusted event of `app` still in the stream (builds and intents), oldest first, with
+/// its sequence. An event that fails [`Trust::check`] is left out (and logged): nothing found
+/// here can deploy an image a verified build did not produce.
+pub async fn app_events(js: &jetstream::Context, trust: &Trust, app: &str) -> Result<Vec<(u64, ImageBuilt)>, ReplayError> {
     let stream = js.get_stream(EVENTS_STREAM).await.map_err(stream_err)?;
-    let subject = subject_for_app(app);
-    if stream.get_last_raw_message_by_subject(&subject).await.is_err() {
+    let mut any = false;
+    for subject in [subject_for_app(app), deploy_subject_for_app(app)] {
+        any |= stream.get_last_raw_message_by_subject(&subject).await.is_ok();
+    }
+    if !any {
         return Ok(Vec::new());
     }
     let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject,
+            filter_subject: app_events_filter(app),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
@@ -99,7 +109,10 @@ pub async fn app_events(js: &jetstream::Context, app: &str) -> Result<Vec<(u64, 
         let info = msg.info().map_err(stream_err)?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         if let Ok(event) = ImageBuilt::from_json(&msg.payload) {
-            out.push((seq, event));
+            match trust.check(&msg.subject, msg.headers.as_ref(), &msg.payload, &event) {
+                Ok(()) => out.push((seq, event)),
+                Err(why) => tracing::warn!(sequence = seq, reason = %why, "untrusted event in the stream: not replayable"),
+            }
         }
         if pending == 0 {
             break;
@@ -135,12 +148,12 @@ pub struct Plan {
 
 /// Resolves the request against the stream and the manifest repository, then publishes the
 /// replay (or, for a dry run, computes its diff).
-pub async fn replay(js: &jetstream::Context, repo: &Mutex<ManifestRepo>, req: Request) -> Result<Plan, ReplayError> {
+pub async fn replay(js: &jetstream::Context, trust: &Trust, repo: &Mutex<ManifestRepo>, req: Request) -> Result<Plan, ReplayError> {
     validate::app_name(&req.app).map_err(|e| ReplayError::Invalid(e.to_string()))?;
     if req.requested_by.trim().is_empty() {
         return Err(ReplayError::Invalid("requested_by must not be empty".into()));
     }
-    let events = app_events(js, &req.app).await?;
+    let events = app_events(js, trust, &req.app).await?;
     let (env, deployments) = {
         let repo = repo.lock().await;
         let env = environment(&repo, &req, !events.is_empty())?;
@@ -152,7 +165,7 @@ pub async fn replay(js: &jetstream::Context, repo: &Mutex<ManifestRepo>, req: Re
         (env, deployments)
     };
     let (of_sequence, original) = match &req.target {
-        Target::Sequence(seq) => by_sequence(js, &req.app, *seq, &events).await?,
+        Target::Sequence(seq) => by_sequence(js, trust, &req.app, *seq, &events).await?,
         Target::Tag(tag) => events
             .iter()
             .rev()
@@ -218,7 +231,7 @@ pub async fn replay(js: &jetstream::Context, repo: &Mutex<ManifestRepo>, req: Re
         plan.diff = Some(tokio::task::block_in_place(|| repo.preview(&event))?);
         return Ok(plan);
     }
-    let (sequence, _) = publish_event(js, &event).await?;
+    let (sequence, _) = publish_event(js, &event, trust.signer()).await?;
     plan.event_id = Some(event.event_id);
     plan.sequence = Some(sequence);
     Ok(plan)
@@ -252,7 +265,13 @@ fn environment(repo: &ManifestRepo, req: &Request, has_events: bool) -> Result<S
     }
 }
 
-async fn by_sequence(js: &jetstream::Context, app: &str, seq: u64, events: &[(u64, ImageBuilt)]) -> Result<(u64, ImageBuilt), ReplayError> {
+async fn by_sequence(
+    js: &jetstream::Context,
+    trust: &Trust,
+    app: &str,
+    seq: u64,
+    events: &[(u64, ImageBuilt)],
+) -> Result<(u64, ImageBuilt), ReplayError> {
     let mut stream = js.get_stream(EVENTS_STREAM).await.map_err(stream_err)?;
     let state = stream.info().await.map_err(stream_err)?.state.clone();
     if seq == 0 || seq > state.last_sequence {
@@ -272,5 +291,8 @@ async fn by_sequence(js: &jetstream::Context, app: &str, seq: u64, events: &[(u6
     if event.app != app {
         return Err(ReplayError::NotThisApp { seq, app: app.to_string(), other: event.app });
     }
+    trust
+        .check(&msg.subject, Some(&msg.headers), &msg.payload, &event)
+        .map_err(|why| ReplayError::Untrusted(format!("stream sequence {seq} cannot be replayed: {why}")))?;
     Ok((seq, event))
 }

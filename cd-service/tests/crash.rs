@@ -53,7 +53,8 @@ async fn publish_burst(nats: &TestNats, rounds: usize) -> u64 {
 fn spawn_cd(nats: &TestNats, bare: &BareRepo, workdir: &Path, batch_max: usize) -> ChildGuard {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(workdir.join("cd-service.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_cd-service"))
-        .env("CONVEYOR_NATS_URL", &nats.url)
+        .envs(nats.cd_env())
+        .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)
         .env("CONVEYOR_CD_LISTEN", "127.0.0.1:0")
         .env("CONVEYOR_MANIFEST_REPO", bare.url())
         .env("CONVEYOR_WORKDIR", workdir.join("work"))

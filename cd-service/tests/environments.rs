@@ -28,7 +28,13 @@ fn tag_in(bare: &BareRepo, env: &str) -> String {
 }
 
 async fn post_promote(cd: &RunningCd, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new().post(format!("http://{}/promote", cd.http)).json(&body).send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/promote", cd.http))
+        .bearer_auth(conveyor_testkit::API_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
 }
 
@@ -64,6 +70,7 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
     // And v3 with the CLI.
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args(["promote", "web", "--to", "production", "--tag", "v3", "--as", "bob", "--url", &format!("http://{}", cd.http)])
+        .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -90,6 +97,7 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
     }
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args(["promote", "web", "--to", "production", "--tag", "v9", "--url", &format!("http://{}", cd.http)])
+        .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no image-built event for web:v9"));

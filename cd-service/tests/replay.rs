@@ -25,6 +25,7 @@ fn conveyor(cd: &RunningCd, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .args(args)
         .env("CONVEYOR_CD_URL", format!("http://{}", cd.http))
+        .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)
         .env("USER", "alice")
         .output()
         .expect("run conveyor");
@@ -189,7 +190,10 @@ async fn a_replay_racing_a_new_build_ends_with_the_later_of_the_two() {
     let body = serde_json::json!({ "app": "web", "tag": "v1", "requested_by": "alice" });
     let v4 = build("v4", 10);
     let (replayed, built) = tokio::join!(
-        async { reqwest::Client::new().post(&url).json(&body).send().await.unwrap().json::<Value>().await.unwrap() },
+        async {
+            let req = reqwest::Client::new().post(&url).bearer_auth(conveyor_testkit::API_TOKEN).json(&body);
+            req.send().await.unwrap().json::<Value>().await.unwrap()
+        },
         nats.publish_event(&v4)
     );
     let replay_seq = replayed["sequence"].as_u64().expect("replay queued");

@@ -15,9 +15,14 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// NATS server URL (JetStream must be enabled).
-    #[arg(long, env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS server and this service's credentials.
+    #[command(flatten)]
+    pub nats: conveyor_proto::connect::NatsArgs,
+
+    /// Ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm ed25519`) that signs every
+    /// image-built event; cd-service applies only events that verify against its public half.
+    #[arg(long, env = "CONVEYOR_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
 
     /// Name of this replica in build records and logs (default: host name and process id).
     #[arg(long, env = "CONVEYOR_REPLICA")]

@@ -62,6 +62,8 @@ pub enum StartError {
     Logs(#[from] logs::LogError),
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+    #[error("{0}")]
+    Refused(String),
     #[error(
         "no webhook secret is configured: set --webhook-secret / CONVEYOR_WEBHOOK_SECRET or --webhook-secrets-file, \
          or accept unsigned webhooks explicitly with --allow-unsigned-webhooks"
@@ -71,6 +73,22 @@ pub enum StartError {
     PasswordFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot prepare the work directory {path}: {source}")]
     Workdir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "no --signing-key-file / CONVEYOR_SIGNING_KEY_FILE: ci-service signs every image-built event and cd-service applies \
+         nothing unsigned (make a key with `openssl genpkey -algorithm ed25519 -out ci-signing.pem`, give cd-service \
+         `openssl pkey -in ci-signing.pem -pubout`)"
+    )]
+    NoSigningKey,
+    #[error("cannot read the signing key {path}: {message}")]
+    SigningKey { path: std::path::PathBuf, message: String },
+}
+
+/// Reads ci-service's event-signing key.
+fn load_signer(path: Option<&std::path::Path>) -> Result<conveyor_proto::signing::EventSigner, StartError> {
+    let path = path.ok_or(StartError::NoSigningKey)?;
+    let fail = |message: String| StartError::SigningKey { path: path.to_path_buf(), message };
+    let pem = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    conveyor_proto::signing::EventSigner::from_pem(&pem).map_err(|e| fail(e.to_string()))
 }
 
 /// A connected service, ready to serve.
@@ -113,27 +131,41 @@ impl App {
             ..Default::default()
         });
 
+        let signer = load_signer(config.signing_key_file.as_deref())?;
+        tracing::info!(key = signer.key_id(), "image-built events are signed");
+
         let docker = Docker::connect_with_local_defaults()?.negotiate_version().await?;
         docker.ping().await?;
-        let (js, _events) = conveyor_proto::stream::open_events_stream(
-            &config.nats_url,
+        let events = conveyor_proto::stream::open_events_stream(
+            &config.nats,
             "conveyor-ci-service",
             config.stream_max_messages,
             config.stream_max_age(),
+            false,
         )
         .await?;
-        let queue = Queue::open(
-            &js,
-            Duration::from_secs(config.dedup_window_secs.max(1)),
-            Duration::from_secs(config.ack_wait_secs.max(3)),
-            config.max_deliver,
-            config.records_max_age(),
-        )
-        .await?;
-        let records = Records::open(&js, config.records_max_age()).await?;
-        let logs = Logs::open(&js, config.records_max_age(), config.logs_max_bytes).await?;
-        let consumer = if config.workers > 0 { Some(queue.consumer().await?) } else { None };
-        let control = queue.subscribe_control().await?;
+        let (js, refusals) = (events.js, events.refusals);
+        // A NATS refusal of a permission is the likely cause of a failing open: say so.
+        let named = |e: StartError| match refusals.last() {
+            Some(_) => StartError::Refused(format!("{e}{}", refusals.suffix())),
+            None => e,
+        };
+        let opened = async {
+            let queue = Queue::open(
+                &js,
+                Duration::from_secs(config.dedup_window_secs.max(1)),
+                Duration::from_secs(config.ack_wait_secs.max(3)),
+                config.max_deliver,
+                config.records_max_age(),
+            )
+            .await?;
+            let records = Records::open(&js, config.records_max_age()).await?;
+            let logs = Logs::open(&js, config.records_max_age(), config.logs_max_bytes).await?;
+            let consumer = if config.workers > 0 { Some(queue.consumer().await?) } else { None };
+            let control = queue.subscribe_control().await?;
+            Ok::<_, StartError>((queue, records, logs, consumer, control))
+        };
+        let (queue, records, logs, consumer, control) = opened.await.map_err(named)?;
         let replica = config.replica.clone().unwrap_or_else(default_replica_name);
         let state = Arc::new(AppState {
             config,
@@ -142,7 +174,7 @@ impl App {
             masker,
             registry_auth,
             docker,
-            publisher: Publisher::new(js),
+            publisher: Publisher::new(js, signer),
             queue,
             records,
             logs,

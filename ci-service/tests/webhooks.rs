@@ -248,7 +248,8 @@ async fn generic_push_bad_requests_and_the_same_commit_pushed_twice() {
 async fn no_secret_at_all_refuses_to_start_unless_unsigned_is_explicit() {
     let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
     let mut cfg = Config::defaults();
-    cfg.nats_url = nats.url.clone();
+    cfg.nats = nats.ci_args();
+    cfg.signing_key_file = Some(nats.keys.ci_key.clone());
     cfg.registry = registry.addr.clone();
     cfg.workdir = tempfile::tempdir().unwrap().keep();
     cfg.workers = 0;

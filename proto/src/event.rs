@@ -10,6 +10,15 @@ use crate::validate::{self, ValidationError};
 /// The event version this crate writes and accepts.
 pub const EVENT_VERSION: u32 = 1;
 
+/// A whole event payload is at most this many bytes; a larger one is refused before parsing.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+/// `source.repo_url` at most (URLs and paths; git itself allows no more than a few KiB).
+pub const MAX_URL_BYTES: usize = 4096;
+/// `source.branch` at most.
+pub const MAX_BRANCH_BYTES: usize = 1024;
+/// Ids and names (`event_id`, `build_id`, `requested_by`, `of_event`) at most.
+pub const MAX_ID_BYTES: usize = 256;
+
 /// An image was built from a commit, its tests passed, and it was pushed to a registry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -119,22 +128,22 @@ impl ImageBuilt {
         if self.version != EVENT_VERSION {
             return Err(ValidationError::UnsupportedVersion { found: self.version, supported: EVENT_VERSION });
         }
-        validate::non_empty("event_id", &self.event_id)?;
-        validate::non_empty("build_id", &self.build_id)?;
+        validate::bounded_text("event_id", &self.event_id, MAX_ID_BYTES)?;
+        validate::bounded_text("build_id", &self.build_id, MAX_ID_BYTES)?;
         validate::app_name(&self.app)?;
         validate::image_repository(&self.image.repository)?;
         validate::tag(&self.image.tag)?;
         validate::digest(&self.image.digest)?;
-        validate::non_empty("source.repo_url", &self.source.repo_url)?;
+        validate::bounded_text("source.repo_url", &self.source.repo_url, MAX_URL_BYTES)?;
         validate::commit(&self.source.commit)?;
-        validate::non_empty("source.branch", &self.source.branch)?;
+        validate::bounded_text("source.branch", &self.source.branch, MAX_BRANCH_BYTES)?;
         if let Some(tp) = &self.traceparent {
             validate::traceparent(tp)?;
         }
         if let Some(d) = &self.deploy {
             validate::environment(&d.environment)?;
-            validate::non_empty("deploy.requested_by", &d.requested_by)?;
-            validate::non_empty("deploy.of_event", &d.of_event)?;
+            validate::bounded_text("deploy.requested_by", &d.requested_by, MAX_ID_BYTES)?;
+            validate::bounded_text("deploy.of_event", &d.of_event, MAX_ID_BYTES)?;
             if let Some(tp) = &d.of_traceparent {
                 validate::traceparent(tp)?;
             }
@@ -144,6 +153,9 @@ impl ImageBuilt {
 
     /// Parses and validates an event payload.
     pub fn from_json(payload: &[u8]) -> Result<Self, ValidationError> {
+        if payload.len() > MAX_EVENT_BYTES {
+            return Err(ValidationError::TooLarge { len: payload.len(), max: MAX_EVENT_BYTES });
+        }
         let event: Self = serde_json::from_slice(payload).map_err(|e| ValidationError::Malformed(e.to_string()))?;
         event.validate()?;
         Ok(event)
@@ -153,7 +165,21 @@ impl ImageBuilt {
     /// would reject).
     pub fn to_json(&self) -> Result<Vec<u8>, ValidationError> {
         self.validate()?;
-        serde_json::to_vec(self).map_err(|e| ValidationError::Malformed(e.to_string()))
+        let json = serde_json::to_vec(self).map_err(|e| ValidationError::Malformed(e.to_string()))?;
+        if json.len() > MAX_EVENT_BYTES {
+            return Err(ValidationError::TooLarge { len: json.len(), max: MAX_EVENT_BYTES });
+        }
+        Ok(json)
+    }
+
+    /// The subject this event travels on: a build on `conveyor.images.built.<app>` (only
+    /// ci-service may publish there), a promotion or replay on `conveyor.images.deploy.<app>`
+    /// (only cd-service may).
+    pub fn subject(&self) -> String {
+        match self.deploy {
+            None => crate::subject_for_app(&self.app),
+            Some(_) => crate::deploy_subject_for_app(&self.app),
+        }
     }
 
     /// The `Nats-Msg-Id` for this event: the same image pushed twice is stored once; each
@@ -215,6 +241,34 @@ mod tests {
         e.image.tag = "v1;rm -rf".into();
         assert!(matches!(e.validate(), Err(ValidationError::InvalidTag { .. })));
         assert!(e.to_json().is_err(), "a producer cannot serialize an invalid event");
+    }
+
+    #[test]
+    fn bounds_free_text_fields_and_the_whole_event() {
+        let mut e = sample();
+        e.source.repo_url = format!("/srv/{}", "a".repeat(5 << 20));
+        assert!(matches!(e.validate(), Err(ValidationError::TooLong { field: "source.repo_url", .. })));
+        let mut e = sample();
+        e.event_id = "evt-1\nConveyor-App: other".into();
+        assert!(matches!(e.validate(), Err(ValidationError::ControlCharacter { field: "event_id" })));
+        let mut big = serde_json::to_vec(&sample()).unwrap();
+        big.extend(std::iter::repeat_n(b' ', MAX_EVENT_BYTES));
+        assert!(matches!(ImageBuilt::from_json(&big), Err(ValidationError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn builds_and_intents_travel_on_their_own_subjects() {
+        let mut e = sample();
+        assert_eq!(e.subject(), "conveyor.images.built.flask-app");
+        e.deploy = Some(DeployIntent {
+            kind: IntentKind::Rollback,
+            environment: "staging".into(),
+            requested_by: "alice".into(),
+            of_event: "x".into(),
+            of_sequence: None,
+            of_traceparent: None,
+        });
+        assert_eq!(e.subject(), "conveyor.images.deploy.flask-app");
     }
 
     #[test]

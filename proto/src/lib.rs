@@ -6,14 +6,18 @@
 pub mod event;
 pub mod names;
 pub mod secret;
+pub mod signing;
 pub mod validate;
 
 pub use event::{DeployIntent, ImageBuilt, ImageRef, IntentKind, SourceRef, EVENT_VERSION};
 pub use names::{
-    headers, subject_for_app, DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD,
+    app_events_filter, deploy_subject_for_app, headers, subject_for_app, DEADLETTER_STREAM, DEADLETTER_SUBJECT, DEPLOY_SUBJECT_PREFIX,
+    DEPLOY_SUBJECT_WILDCARD, EVENTS_CONSUMER_FILTER, EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, EVENTS_SUBJECT_WILDCARD,
 };
-pub use secret::Secret;
+pub use secret::{bearer_token, Secret};
 pub use validate::ValidationError;
 
+#[cfg(feature = "nats")]
+pub mod connect;
 #[cfg(feature = "nats")]
 pub mod stream;

@@ -8,8 +8,20 @@ pub const EVENTS_STREAM: &str = "CONVEYOR_IMAGES";
 /// single subject token.
 pub const EVENTS_SUBJECT_PREFIX: &str = "conveyor.images.built";
 
-/// Matches the events of every app.
+/// Matches the build events of every app.
 pub const EVENTS_SUBJECT_WILDCARD: &str = "conveyor.images.built.>";
+
+/// Promotions and replays (events with a deploy intent) are `conveyor.images.deploy.<app>`:
+/// published by cd-service only, so that its credentials never need the build subjects.
+pub const DEPLOY_SUBJECT_PREFIX: &str = "conveyor.images.deploy";
+
+/// Matches the promotions and replays of every app.
+pub const DEPLOY_SUBJECT_WILDCARD: &str = "conveyor.images.deploy.>";
+
+/// The event stream's one subject, and the one filter subject of cd-service's durable consumer:
+/// builds and intents, in stream order (nats-server 2.9 ignores several filter subjects on one
+/// consumer, and refuses a filter that spans two stream subjects).
+pub const EVENTS_CONSUMER_FILTER: &str = "conveyor.images.>";
 
 /// Stream of events cd-service could not apply (invalid, or naming an image no manifest
 /// uses): the original payload with the reason in headers, kept for inspection and replay.
@@ -21,6 +33,16 @@ pub const DEADLETTER_SUBJECT: &str = "conveyor.deadletter.images";
 /// The subject an app's image-built events are published on.
 pub fn subject_for_app(app: &str) -> String {
     format!("{EVENTS_SUBJECT_PREFIX}.{app}")
+}
+
+/// The subject an app's promotions and replays are published on.
+pub fn deploy_subject_for_app(app: &str) -> String {
+    format!("{DEPLOY_SUBJECT_PREFIX}.{app}")
+}
+
+/// Matches every event of one app, builds and intents.
+pub fn app_events_filter(app: &str) -> String {
+    format!("conveyor.images.*.{app}")
 }
 
 /// Message header names.
@@ -41,6 +63,10 @@ pub mod headers {
     /// On a dead-lettered message: the subject and stream sequence it came from.
     pub const ORIGINAL_SUBJECT: &str = "Conveyor-Original-Subject";
     pub const ORIGINAL_SEQUENCE: &str = "Conveyor-Original-Sequence";
+    /// Ed25519 signature (base64) over the subject and payload, see `crate::signing`.
+    pub const SIGNATURE: &str = "Conveyor-Signature";
+    /// Which key made [`SIGNATURE`]: the first 16 hex digits of the SHA-256 of its public key.
+    pub const KEY_ID: &str = "Conveyor-Key-Id";
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use async_nats::jetstream::{
 /// Why the event stream could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("cannot connect to NATS at {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("no answer from NATS at {url} within {secs} s (is JetStream enabled, `nats-server -js`?)")]
-    Timeout { url: String, secs: u64 },
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
+    #[error("no answer from NATS at {url} within {secs} s (is JetStream enabled, `nats-server -js`?){refused}")]
+    Timeout { url: String, secs: u64, refused: String },
     #[error("cannot create or open the event stream: {0}")]
     Stream(String),
     #[error("refusing to publish an invalid event: {0}")]
@@ -27,14 +27,22 @@ pub enum StreamError {
 
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Publishes an event on its app's subject with the contract's headers (`Nats-Msg-Id`,
-/// content type, event version, `traceparent`) and waits for the stream's ack; returns the
-/// stream sequence and whether the stream had it already (de-duplicated).
-pub async fn publish_event(js: &jetstream::Context, event: &crate::ImageBuilt) -> Result<(u64, bool), StreamError> {
+/// Publishes an event on its subject ([`crate::ImageBuilt::subject`]) with the contract's headers
+/// (`Nats-Msg-Id`, content type, event version, `traceparent`) and `signer`'s signature, and
+/// waits for the stream's ack; returns the stream sequence and whether the stream had it
+/// already (de-duplicated).
+pub async fn publish_event(
+    js: &jetstream::Context,
+    event: &crate::ImageBuilt,
+    signer: &crate::signing::EventSigner,
+) -> Result<(u64, bool), StreamError> {
     use crate::headers;
     let payload = event.to_json()?;
-    let subject = crate::subject_for_app(&event.app);
+    let subject = event.subject();
     let mut h = async_nats::HeaderMap::new();
+    for (name, value) in signer.headers(&subject, &payload) {
+        h.insert(name, value.as_str());
+    }
     h.insert(headers::MSG_ID, event.dedup_id().as_str());
     h.insert(headers::CONTENT_TYPE, "application/json");
     h.insert(headers::EVENT_VERSION, crate::EVENT_VERSION.to_string().as_str());
@@ -54,30 +62,57 @@ pub async fn publish_event(js: &jetstream::Context, event: &crate::ImageBuilt) -
 
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Connects (retrying while the server is not up yet, within 30 s) and creates the event stream
-/// if it does not exist, keeping at most `max_messages` events no older than `max_age` (zero:
-/// no age limit). An existing stream keeps its own limits.
+/// An open event stream and the connection it came through.
+pub struct EventsStream {
+    pub js: jetstream::Context,
+    pub stream: Stream,
+    /// What NATS refused on this connection (permissions), for naming a failure's cause.
+    pub refusals: std::sync::Arc<crate::connect::Refusals>,
+}
+
+/// Connects with `nats`'s credentials (retrying while the server is not up yet, within 30 s)
+/// and creates the event stream if it does not exist, keeping at most `max_messages` events no
+/// older than `max_age` (zero: no age limit). An existing stream keeps its own limits; one made
+/// before promotions had their own subject gets that subject added when `add_subjects` (the
+/// deploy side, whose credentials may update the stream).
 pub async fn open_events_stream(
-    url: &str,
+    nats: &crate::connect::NatsArgs,
     client_name: &str,
     max_messages: i64,
     max_age: Duration,
-) -> Result<(jetstream::Context, Stream), StreamError> {
-    let timeout = || StreamError::Timeout { url: url.to_string(), secs: OPEN_TIMEOUT.as_secs() };
-    let client =
-        tokio::time::timeout(OPEN_TIMEOUT, async_nats::ConnectOptions::new().name(client_name).retry_on_initial_connect().connect(url))
-            .await
-            .map_err(|_| timeout())?
-            .map_err(|e| StreamError::Connect { url: url.to_string(), message: e.to_string() })?;
-    let js = jetstream::new(client);
-    let stream = tokio::time::timeout(OPEN_TIMEOUT, js.get_or_create_stream(events_stream_config(max_messages, max_age)))
+    add_subjects: bool,
+) -> Result<EventsStream, StreamError> {
+    let conn = crate::connect::connect(nats, client_name, OPEN_TIMEOUT).await?;
+    let refusals = conn.refusals.clone();
+    let timeout = || StreamError::Timeout { url: nats.url.clone(), secs: OPEN_TIMEOUT.as_secs(), refused: refusals.suffix() };
+    let js = jetstream::new(conn.client);
+    let config = events_stream_config(max_messages, max_age);
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, js.get_or_create_stream(config.clone()))
         .await
         .map_err(|_| timeout())?
-        .map_err(|e| StreamError::Stream(e.to_string()))?;
-    Ok((js, stream))
+        .map_err(|e| StreamError::Stream(format!("{e}{}", refusals.suffix())))?;
+    let existing = stream.cached_info().config.clone();
+    if existing.subjects != config.subjects {
+        if !add_subjects {
+            return Err(StreamError::Stream(format!(
+                "the stream {EVENTS_STREAM} has the subjects {:?}, not {:?}: start cd-service (which updates it) first",
+                existing.subjects, config.subjects
+            )));
+        }
+        // A stream made before promotions had their own subject holds `conveyor.images.built.>`.
+        let mut updated = existing.clone();
+        updated.subjects = config.subjects.clone();
+        tracing::warn!(stream = EVENTS_STREAM, subjects = ?updated.subjects, "adding the promotion subject to an existing event stream");
+        tokio::time::timeout(OPEN_TIMEOUT, js.update_stream(updated))
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|e| StreamError::Stream(format!("cannot add the promotion subject: {e}{}", refusals.suffix())))?;
+        stream = js.get_stream(EVENTS_STREAM).await.map_err(|e| StreamError::Stream(e.to_string()))?;
+    }
+    Ok(EventsStream { js, stream, refusals })
 }
 
-use crate::names::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_SUBJECT_WILDCARD};
+use crate::names::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_CONSUMER_FILTER, EVENTS_STREAM};
 
 /// Limits retention: events are kept after they are consumed, so that old ones can be replayed
 /// (a replay of an old event is a rollback). `max_age` of zero keeps events until `max_messages`
@@ -85,7 +120,9 @@ use crate::names::{DEADLETTER_STREAM, DEADLETTER_SUBJECT, EVENTS_STREAM, EVENTS_
 pub fn events_stream_config(max_messages: i64, max_age: Duration) -> Config {
     Config {
         name: EVENTS_STREAM.to_string(),
-        subjects: vec![EVENTS_SUBJECT_WILDCARD.to_string()],
+        // One subject for builds and intents: nats-server 2.9 refuses a consumer filter (such as
+        // one app's `conveyor.images.*.<app>`) that spans two stream subjects.
+        subjects: vec![EVENTS_CONSUMER_FILTER.to_string()],
         retention: RetentionPolicy::Limits,
         discard: DiscardPolicy::Old,
         storage: StorageType::File,

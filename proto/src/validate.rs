@@ -26,6 +26,12 @@ pub enum ValidationError {
     InvalidCommit { commit: String },
     #[error("invalid traceparent {value:?}: expected 00-<32 hex>-<16 hex>-<2 hex>")]
     InvalidTraceparent { value: String },
+    #[error("field `{field}` is {len} bytes long, more than the {max} allowed")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("field `{field}` contains a control character (a line break would forge commit trailers)")]
+    ControlCharacter { field: &'static str },
+    #[error("the event is {len} bytes, more than the {max} allowed")]
+    TooLarge { len: usize, max: usize },
 }
 
 fn is_lower_hex(s: &str) -> bool {
@@ -35,6 +41,19 @@ fn is_lower_hex(s: &str) -> bool {
 pub(crate) fn non_empty(field: &'static str, value: &str) -> Result<(), ValidationError> {
     if value.trim().is_empty() {
         return Err(ValidationError::Empty { field });
+    }
+    Ok(())
+}
+
+/// A free-text field that ends up in commit messages, trailers and logs: not empty, at most
+/// `max` bytes, one line without control characters.
+pub(crate) fn bounded_text(field: &'static str, value: &str, max: usize) -> Result<(), ValidationError> {
+    non_empty(field, value)?;
+    if value.len() > max {
+        return Err(ValidationError::TooLong { field, len: value.len(), max });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::ControlCharacter { field });
     }
     Ok(())
 }

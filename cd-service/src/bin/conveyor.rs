@@ -1,6 +1,8 @@
 //! `conveyor`: the command line for deploy history, replays (redeploys and rollbacks) and
 //! promotions. It talks to a running cd-service over HTTP (`--url`, `CONVEYOR_CD_URL`): tables
-//! for people, `--json` for scripts. A refused request exits with status 1 and the reason.
+//! for people, `--json` for scripts. Promotions and replays send the API token from
+//! `CONVEYOR_API_TOKEN` (never a flag, so it stays out of shell history and `ps`). A refused
+//! request exits with status 1 and the reason.
 
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -76,6 +78,10 @@ async fn main() {
 }
 
 async fn call(req: reqwest::RequestBuilder, url: &str) -> Result<Value, String> {
+    let req = match std::env::var("CONVEYOR_API_TOKEN") {
+        Ok(token) if !token.is_empty() => req.bearer_auth(token),
+        _ => req,
+    };
     let resp = req.send().await.map_err(|e| format!("cannot reach cd-service at {url}: {e}"))?;
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);

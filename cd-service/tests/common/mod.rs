@@ -50,7 +50,10 @@ pub struct RunningCd {
 pub async fn try_start_cd(nats: &TestNats, url: &str, adjust: impl FnOnce(&mut Config)) -> Result<RunningCd, StartError> {
     let workdir = tempfile::tempdir().unwrap();
     let mut cfg = Config::for_repo(url);
-    cfg.nats_url = nats.url.clone();
+    cfg.nats = nats.cd_args();
+    cfg.ci_public_keys = vec![nats.keys.ci_pub.clone()];
+    cfg.signing_key_file = Some(nats.keys.cd_key.clone());
+    cfg.api_token = Some(cd_service::gitops::Secret::new(conveyor_testkit::API_TOKEN));
     cfg.workdir = workdir.path().to_path_buf();
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     adjust(&mut cfg);

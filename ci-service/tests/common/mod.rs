@@ -40,7 +40,8 @@ impl Ci {
         let workdir = tempfile::tempdir().unwrap();
         let replica = format!("test-{}", uuid::Uuid::now_v7().simple());
         let mut cfg = Config::defaults();
-        cfg.nats_url = nats.url.clone();
+        cfg.nats = nats.ci_args();
+        cfg.signing_key_file = Some(nats.keys.ci_key.clone());
         cfg.registry = registry.to_string();
         cfg.workdir = workdir.path().to_path_buf();
         cfg.replica = Some(replica.clone());

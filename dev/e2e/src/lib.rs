@@ -76,6 +76,8 @@ pub struct Stack {
     pub ci_url: String,
     /// cd-service's HTTP API (promote, replay, history).
     pub cd_url: String,
+    /// The token cd-service's `POST` calls need (`Authorization: Bearer`).
+    pub api_token: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -125,8 +127,11 @@ impl Stack {
         let cd_port = free_port();
         let cd_url = format!("http://127.0.0.1:{cd_port}");
         let cd_log = std::fs::File::create(d.join("cd-service.log"))?;
+        // The token promotions and replays need, made for this run.
+        let api_token = format!("demo-api-{}", uuid::Uuid::now_v7().simple());
         let cd = Command::new(bins.join("cd-service"))
-            .env("CONVEYOR_NATS_URL", &nats.url)
+            .envs(nats.cd_env())
+            .env("CONVEYOR_API_TOKEN", &api_token)
             .env("CONVEYOR_CD_LISTEN", format!("127.0.0.1:{cd_port}"))
             .env("CONVEYOR_MANIFEST_REPO", manifest_repo.url())
             .env("CONVEYOR_WORKDIR", d.join("cd-work"))
@@ -146,7 +151,7 @@ impl Stack {
         let ci_log = std::fs::File::create(d.join("ci-service.log"))?;
         let ci = Command::new(bins.join("ci-service"))
             .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONVEYOR_NATS_URL", &nats.url)
+            .envs(nats.ci_env())
             .env("CONVEYOR_REGISTRY", &registry.addr)
             .env("CONVEYOR_WORKDIR", d.join("ci-work"))
             .env("CONVEYOR_BUILD_ARGS", format!("BASE_IMAGE={FLASK_BASE_IMAGE}"))
@@ -166,7 +171,7 @@ impl Stack {
         app_repo.set_config("conveyor.secret", &webhook_secret);
         let dev = WorkClone::init(d.join("dev/flask-app"), &app_repo);
 
-        let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, cd_url, dir, _ci: ci, _cd: cd };
+        let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, cd_url, api_token, dir, _ci: ci, _cd: cd };
         stack.wait_ready().await?;
         Ok(stack)
     }
@@ -197,6 +202,7 @@ impl Stack {
         let out = std::process::Command::new(bin_dir().expect("binaries are built").join("conveyor"))
             .args(args)
             .env("CONVEYOR_CD_URL", &self.cd_url)
+            .env("CONVEYOR_API_TOKEN", &self.api_token)
             .env("USER", "alice")
             .output()
             .expect("run the conveyor CLI (built with the workspace)");

@@ -160,20 +160,33 @@ async fn the_service_images_build_here_run_as_non_root_and_serve() {
     // The container's user (10001) owns it, as a deploy key's repository would be its own (libgit2
     // refuses a repository owned by someone else).
     conveyor_testkit::run(Command::new("chown").args(["-R", "10001:10001"]).arg(&bare.path));
+    // The keys as a Kubernetes Secret or Compose secret would hand them in: files the service's
+    // user can read, under /keys.
+    let keys = tempfile::tempdir().unwrap();
+    for (from, to) in [(&nats.keys.ci_pub, "ci.pub.pem"), (&nats.keys.cd_key, "cd.pem"), (&nats.keys.ci_key, "ci.pem")] {
+        std::fs::copy(from, keys.path().join(to)).unwrap();
+    }
+    conveyor_testkit::run(Command::new("chown").args(["-R", "10001:10001"]).arg(keys.path()));
+    let keys_mount = format!("{}:/keys:ro", keys.path().display());
+    let env = |pairs: Vec<(&str, String)>| -> Vec<String> {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k, v.replace(&*nats.keys.cd_key.to_string_lossy(), "/keys/cd.pem")))
+            .map(|(k, v)| (k, v.replace(&*nats.keys.ci_pub.to_string_lossy(), "/keys/ci.pub.pem")))
+            .map(|(k, v)| (k, v.replace(&*nats.keys.ci_key.to_string_lossy(), "/keys/ci.pem")))
+            .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
+            .collect()
+    };
     let port = free_port();
-    let cd_box = Container::run(&[
-        "--network",
-        "host",
-        "-v",
-        &format!("{}:/manifests/manifests.git", bare.path.display()),
-        "-e",
-        &format!("CONVEYOR_NATS_URL={}", nats.url),
-        "-e",
-        &format!("CONVEYOR_CD_LISTEN=127.0.0.1:{port}"),
-        "-e",
-        "CONVEYOR_MANIFEST_REPO=/manifests/manifests.git",
-        &cd.0,
-    ]);
+    let cd_env = env(nats.cd_env());
+    let mut cd_args: Vec<&str> = vec!["--network", "host", "-v", &keys_mount];
+    let manifests_mount = format!("{}:/manifests/manifests.git", bare.path.display());
+    let listen = format!("CONVEYOR_CD_LISTEN=127.0.0.1:{port}");
+    cd_args.extend(["-v", &manifests_mount, "-e", &listen, "-e", "CONVEYOR_MANIFEST_REPO=/manifests/manifests.git"]);
+    cd_args.extend(["-e", "CONVEYOR_API_TOKEN=image-test-token"]);
+    cd_args.extend(cd_env.iter().map(String::as_str));
+    cd_args.push(&cd.0);
+    let cd_box = Container::run(&cd_args);
     cd_box.wait_healthy(&format!("cd-service|http://127.0.0.1:{port}/readyz")).await;
     // The image conveyor.yaml names for the app; a build of it lands in staging.
     let repository = "127.0.0.1:5000/flask-app".to_string();
@@ -213,23 +226,13 @@ async fn the_service_images_build_here_run_as_non_root_and_serve() {
     assert_eq!(ci.inspect("{{.Config.User}}"), "10001:10001", "non-root");
     let socket_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata("/var/run/docker.sock").unwrap()).to_string();
     let port = free_port();
-    let ci_box = Container::run(&[
-        "--network",
-        "host",
-        "-v",
-        "/var/run/docker.sock:/var/run/docker.sock",
-        "--group-add",
-        &socket_gid,
-        "-e",
-        &format!("CONVEYOR_NATS_URL={}", nats.url),
-        "-e",
-        &format!("CONVEYOR_LISTEN=127.0.0.1:{port}"),
-        "-e",
-        "CONVEYOR_WEBHOOK_SECRET=image-test",
-        "-e",
-        "CONVEYOR_WORKERS=1",
-        &ci.0,
-    ]);
+    let ci_env = env(nats.ci_env());
+    let listen = format!("CONVEYOR_LISTEN=127.0.0.1:{port}");
+    let mut ci_args: Vec<&str> = vec!["--network", "host", "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", &keys_mount];
+    ci_args.extend(["--group-add", &socket_gid, "-e", &listen, "-e", "CONVEYOR_WEBHOOK_SECRET=image-test", "-e", "CONVEYOR_WORKERS=1"]);
+    ci_args.extend(ci_env.iter().map(String::as_str));
+    ci_args.push(&ci.0);
+    let ci_box = Container::run(&ci_args);
     ci_box.wait_healthy(&format!("ci-service|http://127.0.0.1:{port}/readyz")).await;
     let builds: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/builds")).await.unwrap().json().await.unwrap();
     assert!(builds.is_array(), "{builds}");

@@ -290,7 +290,8 @@ pub async fn cd_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     let mut cd = world.start_cd(2);
     wait_ready(&world.http, &mut cd).await?;
     let cd: Shared = Arc::new(Mutex::new(cd));
-    let client = async_nats::connect(&world.nats.url).await?;
+    let client = world.nats.connect_admin().await;
+    let signer = world.nats.keys.ci_signer();
 
     let stop = Arc::new(AtomicBool::new(false));
     let killer = spawn_killer(cd.clone(), stop.clone(), rng.fork(), (400, 1500), (50, 600));
@@ -298,7 +299,7 @@ pub async fn cd_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     let t0 = time::OffsetDateTime::now_utc();
     for round in 1..=rounds {
         for app in &names {
-            publish(&client, &event(&world.registry.addr, app, round, t0), PUSH_LIMIT).await?;
+            publish(&client, &signer, &event(&world.registry.addr, app, round, t0), PUSH_LIMIT).await?;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -333,7 +334,8 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     wait_ready(&world.http, &mut ci).await?;
     wait_ready(&world.http, &mut cd).await?;
     let mut repos: Vec<AppRepo> = ci_names.iter().map(|a| world.app_repo(a)).collect();
-    let client = async_nats::connect(&world.nats.url).await?;
+    let client = world.nats.connect_admin().await;
+    let signer = world.nats.keys.ci_signer();
     let rounds = scale.nats_events / cd_names.len();
     let steps = scale.nats_pushes.max(rounds);
     let t0 = time::OffsetDateTime::now_utc();
@@ -360,7 +362,7 @@ pub async fn nats_restart(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
             if step < rounds {
                 let before = outage_epoch.load(Ordering::SeqCst);
                 for app in &cd_names {
-                    publish(&client, &event(&registry, app, step + 1, t0), PUSH_LIMIT).await?;
+                    publish(&client, &signer, &event(&registry, app, step + 1, t0), PUSH_LIMIT).await?;
                 }
                 while_down += if overlapped(before) { cd_names.len() } else { 0 };
             }
@@ -465,7 +467,8 @@ pub async fn outside_pushes(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let world = World::new(&names).await?;
     let mut cd = world.start_cd(2);
     wait_ready(&world.http, &mut cd).await?;
-    let client = async_nats::connect(&world.nats.url).await?;
+    let client = world.nats.connect_admin().await;
+    let signer = world.nats.keys.ci_signer();
     let rounds = scale.events / names.len();
     let commits = scale.outside_commits;
 
@@ -481,7 +484,7 @@ pub async fn outside_pushes(scale: &Scale, _rng: Rng) -> anyhow::Result<Row> {
     let t0 = time::OffsetDateTime::now_utc();
     for round in 1..=rounds {
         for app in &names {
-            publish(&client, &event(&world.registry.addr, app, round, t0), PUSH_LIMIT).await?;
+            publish(&client, &signer, &event(&world.registry.addr, app, round, t0), PUSH_LIMIT).await?;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::bail;
+use conveyor_proto::signing::EventSigner;
 use conveyor_proto::{ImageBuilt, ImageRef, SourceRef, EVENTS_STREAM, EVENT_VERSION};
 use conveyor_testkit::{copy_tree, repo_root, BareRepo, TestNats, TestRegistry, WorkClone};
 use time::OffsetDateTime;
@@ -75,11 +76,10 @@ impl World {
     /// Like `start_ci`, with extra variables.
     pub fn start_ci_with(&self, n: usize, workers: usize, extra: &[(&str, &str)]) -> Replicas {
         let extra: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let (nats, registry, dir) = (self.nats.url.clone(), self.registry.addr.clone(), self.path().to_path_buf());
+        let (nats, registry, dir) = (self.nats.ci_env(), self.registry.addr.clone(), self.path().to_path_buf());
         Replicas::start(Service::Ci, &self.bin_dir, self.path(), n, move |i, port| {
             let mut v = vars(&[
                 ("CONVEYOR_LISTEN", format!("127.0.0.1:{port}")),
-                ("CONVEYOR_NATS_URL", nats.clone()),
                 ("CONVEYOR_REGISTRY", registry.clone()),
                 ("CONVEYOR_WORKDIR", dir.join(format!("ci-{i}")).display().to_string()),
                 ("CONVEYOR_REPLICA", format!("ci-{i}")),
@@ -90,6 +90,7 @@ impl World {
                 ("CONVEYOR_ACK_WAIT_SECS", "5".into()),
                 ("RUST_LOG", "info".into()),
             ]);
+            v.extend(nats.iter().map(|(k, val)| (k.to_string(), val.clone())));
             v.extend(extra.iter().cloned());
             v
         })
@@ -97,16 +98,18 @@ impl World {
 
     /// `n` replicas of cd-service on the one durable consumer, each with its own clone.
     pub fn start_cd(&self, n: usize) -> Replicas {
-        let (nats, repo, dir) = (self.nats.url.clone(), self.manifests.url(), self.path().to_path_buf());
+        let (nats, repo, dir) = (self.nats.cd_env(), self.manifests.url(), self.path().to_path_buf());
         Replicas::start(Service::Cd, &self.bin_dir, self.path(), n, move |i, port| {
-            vars(&[
-                ("CONVEYOR_NATS_URL", nats.clone()),
+            let mut v = vars(&[
                 ("CONVEYOR_CD_LISTEN", format!("127.0.0.1:{port}")),
                 ("CONVEYOR_MANIFEST_REPO", repo.clone()),
                 ("CONVEYOR_WORKDIR", dir.join(format!("cd-{i}")).display().to_string()),
                 ("CONVEYOR_ACK_WAIT_SECS", "2".into()),
+                ("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN.into()),
                 ("RUST_LOG", "info".into()),
-            ])
+            ]);
+            v.extend(nats.iter().map(|(k, val)| (k.to_string(), val.clone())));
+            v
         })
     }
 
@@ -241,13 +244,14 @@ pub async fn send_push(
     }
 }
 
-/// Publishes `event` with its contract `Nats-Msg-Id`, retrying while NATS is away (a retry
-/// of an event that did land is dropped by the stream's de-duplication). Returns its sequence.
-pub async fn publish(client: &async_nats::Client, event: &ImageBuilt, limit: Duration) -> anyhow::Result<u64> {
+/// Publishes `event` signed by `signer` with its contract `Nats-Msg-Id`, retrying while NATS is
+/// away (a retry of an event that did land is dropped by the stream's de-duplication). Returns
+/// its sequence.
+pub async fn publish(client: &async_nats::Client, signer: &EventSigner, event: &ImageBuilt, limit: Duration) -> anyhow::Result<u64> {
     let js = async_nats::jetstream::new(client.clone());
     let deadline = Instant::now() + limit;
     loop {
-        match conveyor_proto::stream::publish_event(&js, event).await {
+        match conveyor_proto::stream::publish_event(&js, event, signer).await {
             Ok((seq, _)) => return Ok(seq),
             Err(e) if Instant::now() > deadline => bail!("publish {}: {e}", event.event_id),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,

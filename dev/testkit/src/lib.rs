@@ -22,6 +22,9 @@ pub use docker::TestDocker;
 pub use git::{BareRepo, WorkClone};
 pub use https::TestGitHttps;
 pub use nats::TestNats;
+
+/// The API token test instances of cd-service (and ci-service, where a test sets one) require.
+pub const API_TOKEN: &str = "conveyor-test-api-token";
 pub use registry::TestRegistry;
 pub use ssh::TestSshd;
 

@@ -1,26 +1,94 @@
-//! A private nats-server with JetStream on a free loopback port and a temp store dir.
+//! A private nats-server with JetStream on a free loopback port and a temp store dir, run as
+//! operators run it: with Conveyor's users and permissions (`k8s-manifests/conveyor/
+//! nats-auth.conf`, the one copy), fresh passwords, and no anonymous access. It also holds the
+//! event-signing keys of the trusted deploy channel (made with `openssl`, as an operator
+//! would), so that a test hands each service exactly what it would get in production:
+//! [`TestNats::ci_env`] / [`TestNats::cd_env`] for binaries, `ci_args` / `cd_args` and the key
+//! paths for in-process services.
 //!
 //! Its file store is given a size: nats-server's default is 75% of the disk's free space, which
 //! on a nearly full CI disk is less than the 1 GiB ci-service's log stream reserves.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use async_nats::jetstream;
+use conveyor_proto::{connect::NatsArgs, signing::EventSigner};
 
 use crate::{free_port, ChildGuard};
 
 /// The file store the test servers get; what the tests store is far less.
 pub const DEFAULT_MAX_FILE_STORE: u64 = 8 << 30;
 
+/// Conveyor's NATS users and permissions, as shipped.
+pub const AUTH_CONF: &str = include_str!("../../../k8s-manifests/conveyor/nats-auth.conf");
+
+pub const CI_USER: &str = "conveyor-ci";
+pub const CD_USER: &str = "conveyor-cd";
+pub const ADMIN_USER: &str = "conveyor-admin";
+
+/// One user's password for this server.
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    pub ci: String,
+    pub cd: String,
+    pub admin: String,
+}
+
+/// The event-signing keys of one test installation (PEM files, as `openssl` writes them).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// ci-service's private key and its public half.
+    pub ci_key: PathBuf,
+    pub ci_pub: PathBuf,
+    /// cd-service's private key and its public half.
+    pub cd_key: PathBuf,
+    pub cd_pub: PathBuf,
+}
+
+impl Keys {
+    /// Makes both key pairs in `dir` with `openssl genpkey -algorithm ed25519`.
+    pub fn generate(dir: &Path) -> Self {
+        let pair = |name: &str| {
+            let (key, public) = (dir.join(format!("{name}-signing.pem")), dir.join(format!("{name}-signing.pub.pem")));
+            crate::run(Command::new("openssl").args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&key));
+            crate::run(Command::new("openssl").arg("pkey").arg("-in").arg(&key).arg("-pubout").arg("-out").arg(&public));
+            (key, public)
+        };
+        let (ci_key, ci_pub) = pair("ci");
+        let (cd_key, cd_pub) = pair("cd");
+        Self { ci_key, ci_pub, cd_key, cd_pub }
+    }
+
+    /// ci-service's signer (what a test publishes "built" events with).
+    pub fn ci_signer(&self) -> EventSigner {
+        EventSigner::from_pem(&std::fs::read_to_string(&self.ci_key).expect("ci key")).expect("ci key parses")
+    }
+
+    /// cd-service's signer (for promotions and replays a test publishes itself).
+    pub fn cd_signer(&self) -> EventSigner {
+        EventSigner::from_pem(&std::fs::read_to_string(&self.cd_key).expect("cd key")).expect("cd key parses")
+    }
+}
+
 pub struct TestNats {
     pub port: u16,
     pub url: String,
+    pub passwords: Passwords,
+    pub keys: Keys,
     store: tempfile::TempDir,
     child: Option<ChildGuard>,
+}
+
+/// A fresh password. It starts with letters: nats-server parses a variable's value as config
+/// text, so an all-hex value such as `1234e5...` would be read as a number and refused.
+fn password() -> String {
+    let mut bytes = [0u8; 18];
+    getrandom::fill(&mut bytes).expect("random bytes");
+    format!("pw-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 impl TestNats {
@@ -33,11 +101,61 @@ impl TestNats {
     pub async fn start_with_max_file_store(bytes: u64) -> Self {
         let store = tempfile::tempdir().expect("temp dir");
         let port = free_port();
-        let config = format!("jetstream {{\n  store_dir: {:?}\n  max_file_store: {bytes}\n}}\n", store.path().join("js"));
+        let config =
+            format!("jetstream {{\n  store_dir: {:?}\n  max_file_store: {bytes}\n}}\ninclude \"auth.conf\"\n", store.path().join("js"));
         std::fs::write(store.path().join("nats.conf"), config).expect("nats config");
-        let mut this = Self { port, url: format!("nats://127.0.0.1:{port}"), store, child: None };
+        std::fs::write(store.path().join("auth.conf"), AUTH_CONF).expect("nats auth config");
+        let passwords = Passwords { ci: password(), cd: password(), admin: password() };
+        let keys = Keys::generate(store.path());
+        let mut this = Self { port, url: format!("nats://127.0.0.1:{port}"), passwords, keys, store, child: None };
         this.spawn().await;
         this
+    }
+
+    /// ci-service's NATS settings (its own user).
+    pub fn ci_args(&self) -> NatsArgs {
+        NatsArgs::user(&self.url, CI_USER, &self.passwords.ci)
+    }
+
+    /// cd-service's NATS settings (its own user).
+    pub fn cd_args(&self) -> NatsArgs {
+        NatsArgs::user(&self.url, CD_USER, &self.passwords.cd)
+    }
+
+    /// An operator's settings (every permission): what the harness itself inspects with.
+    pub fn admin_args(&self) -> NatsArgs {
+        NatsArgs::user(&self.url, ADMIN_USER, &self.passwords.admin)
+    }
+
+    /// The environment a ci-service binary needs: NATS URL, its user, its signing key.
+    pub fn ci_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CONVEYOR_NATS_URL", self.url.clone()),
+            ("CONVEYOR_NATS_USER", CI_USER.into()),
+            ("CONVEYOR_NATS_PASSWORD", self.passwords.ci.clone()),
+            ("CONVEYOR_SIGNING_KEY_FILE", self.keys.ci_key.display().to_string()),
+        ]
+    }
+
+    /// The environment a cd-service binary needs: NATS URL, its user, the keys it trusts and
+    /// signs with. (Its API token is the caller's to choose.)
+    pub fn cd_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CONVEYOR_NATS_URL", self.url.clone()),
+            ("CONVEYOR_NATS_USER", CD_USER.into()),
+            ("CONVEYOR_NATS_PASSWORD", self.passwords.cd.clone()),
+            ("CONVEYOR_CI_PUBLIC_KEYS", self.keys.ci_pub.display().to_string()),
+            ("CONVEYOR_SIGNING_KEY_FILE", self.keys.cd_key.display().to_string()),
+        ]
+    }
+
+    /// A client connected as the operator (every permission).
+    pub async fn connect_admin(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .user_and_password(ADMIN_USER.into(), self.passwords.admin.clone())
+            .connect(&self.url)
+            .await
+            .expect("connect to test nats as admin")
     }
 
     async fn spawn(&mut self) {
@@ -45,16 +163,20 @@ impl TestNats {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
             .arg(self.store.path().join("nats.conf"))
+            .env("CONVEYOR_NATS_CI_PASSWORD", &self.passwords.ci)
+            .env("CONVEYOR_NATS_CD_PASSWORD", &self.passwords.cd)
+            .env("CONVEYOR_NATS_ADMIN_PASSWORD", &self.passwords.admin)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("nats-server not found: run dev/setup (apt install nats-server)");
         self.child = Some(ChildGuard(child));
-        let url = self.url.clone();
+        let (url, admin) = (self.url.clone(), self.passwords.admin.clone());
         crate::wait_until("nats-server to accept JetStream requests", Duration::from_secs(20), || {
-            let url = url.clone();
+            let (url, admin) = (url.clone(), admin.clone());
             async move {
-                let Ok(client) = async_nats::connect(&url).await else { return false };
+                let connect = async_nats::ConnectOptions::new().user_and_password(ADMIN_USER.into(), admin).connect(&url);
+                let Ok(client) = connect.await else { return false };
                 // A raw account-info request: `query_account()` cannot parse nats-server 2.9's answer.
                 let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), client.request("$JS.API.INFO", "".into())).await else {
                     return false;
@@ -88,8 +210,9 @@ impl TestNats {
         self.store.path().join("nats.log")
     }
 
+    /// JetStream as the operator.
     pub async fn jetstream(&self) -> jetstream::Context {
-        jetstream::new(async_nats::connect(&self.url).await.expect("connect to test nats"))
+        jetstream::new(self.connect_admin().await)
     }
 
     /// Every message stored in `stream`, oldest first, as (sequence, payload).
@@ -120,22 +243,36 @@ impl TestNats {
     /// Creates the event stream as the services define it (for events published before any
     /// service started).
     pub async fn ensure_events_stream(&self) {
-        conveyor_proto::stream::open_events_stream(&self.url, "conveyor-test", 100_000, std::time::Duration::ZERO)
+        conveyor_proto::stream::open_events_stream(&self.admin_args(), "conveyor-test", 100_000, std::time::Duration::ZERO, true)
             .await
+            .map(|_| ())
             .expect("create the event stream");
     }
 
-    /// Publishes raw bytes on `subject` with a unique `Nats-Msg-Id`; returns the stream sequence.
+    /// Publishes raw bytes on `subject` with a unique `Nats-Msg-Id` and no signature (as the
+    /// operator); returns the stream sequence.
     pub async fn publish_raw(&self, subject: &str, payload: Vec<u8>) -> u64 {
+        self.publish_with(subject, payload, None).await
+    }
+
+    /// Publishes raw bytes signed by `signer` for `subject` (as the operator).
+    pub async fn publish_with(&self, subject: &str, payload: Vec<u8>, signer: Option<&EventSigner>) -> u64 {
         let js = self.jetstream().await;
         let mut h = async_nats::HeaderMap::new();
         h.insert(conveyor_proto::headers::MSG_ID, uuid_like().as_str());
+        if let Some(signer) = signer {
+            for (name, value) in signer.headers(subject, &payload) {
+                h.insert(name, value.as_str());
+            }
+        }
         js.publish_with_headers(subject.to_string(), h, payload.into()).await.expect("publish").await.expect("publish ack").sequence
     }
 
-    /// Publishes a (valid) event on its app's subject; returns the stream sequence.
+    /// Publishes a (valid) event on its subject, signed as the real publisher would sign it: a
+    /// build by ci-service's key, a promotion or replay by cd-service's; returns the sequence.
     pub async fn publish_event(&self, event: &conveyor_proto::ImageBuilt) -> u64 {
-        self.publish_raw(&conveyor_proto::subject_for_app(&event.app), event.to_json().expect("valid event")).await
+        let signer = if event.deploy.is_none() { self.keys.ci_signer() } else { self.keys.cd_signer() };
+        self.publish_with(&event.subject(), event.to_json().expect("valid event"), Some(&signer)).await
     }
 
     /// Waits until the durable consumer has acknowledged (or terminated) everything up to
