@@ -106,6 +106,11 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_TEST_TIMEOUT_SECS", default_value_t = 600)]
     pub test_timeout_secs: u64,
 
+    /// Image of the smoke test's probe: it joins the app's network namespace (the app has no
+    /// network) and makes the health and check requests with `/bin/busybox wget`.
+    #[arg(long, env = "CONVEYOR_PROBE_IMAGE", default_value = "conveyor/busybox:latest")]
+    pub probe_image: String,
+
     /// Default limit for the smoke test, in seconds.
     #[arg(long, env = "CONVEYOR_SMOKE_TIMEOUT_SECS", default_value_t = 120)]
     pub smoke_timeout_secs: u64,

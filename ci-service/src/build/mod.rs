@@ -469,7 +469,11 @@ async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared,
     )
     .await?;
     if let Some(spec) = &pipeline.smoke {
-        ctx.step("smoke", smoke::run(&state.docker, &image, spec, container_labels, pipeline.smoke_timeout, &ctx.log)).await?;
+        ctx.step(
+            "smoke",
+            smoke::run(&state.docker, &image, &state.config.probe_image, spec, container_labels, pipeline.smoke_timeout, &ctx.log),
+        )
+        .await?;
     }
     Ok(Prepared { repository, tags, push_timeout: pipeline.push_timeout })
 }

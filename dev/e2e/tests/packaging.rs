@@ -37,6 +37,13 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
         ("CONVEYOR_MANIFEST_REPO", "git@git.example.test:acme/manifests.git"),
         ("CONVEYOR_DEPLOY_KEY_FILE", "/dev/null"),
         ("CONVEYOR_KNOWN_HOSTS_FILE", "/dev/null"),
+        ("CONVEYOR_CI_SIGNING_KEY_FILE", "/dev/null"),
+        ("CONVEYOR_CI_PUBLIC_KEY_FILE", "/dev/null"),
+        ("CONVEYOR_CD_SIGNING_KEY_FILE", "/dev/null"),
+        ("CONVEYOR_NATS_CI_PASSWORD", "pw-ci"),
+        ("CONVEYOR_NATS_CD_PASSWORD", "pw-cd"),
+        ("CONVEYOR_NATS_ADMIN_PASSWORD", "pw-admin"),
+        ("CONVEYOR_API_TOKEN", "api-token"),
     ];
     let out = compose(&env);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -50,6 +57,9 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
     let command: Vec<&str> = nats["command"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
     assert!(command.contains(&"--jetstream") && command.contains(&"/data"), "{command:?}");
     assert!(format!("{:?}", nats["volumes"]).contains("/data"), "JetStream's store is a volume");
+    assert!(command.windows(2).any(|w| w == ["-c", "/etc/nats/auth.conf"]), "NATS runs with Conveyor's users: {command:?}");
+    assert!(format!("{:?}", nats["volumes"]).contains("k8s-manifests/conveyor/nats-auth.conf"), "the one permissions file");
+    assert_eq!(nats["environment"]["CONVEYOR_NATS_CD_PASSWORD"].as_str(), Some("pw-cd"));
     let jaeger = &services["jaeger"];
     assert_eq!(jaeger["environment"]["COLLECTOR_OTLP_ENABLED"].as_str(), Some("true"));
     let ports = format!("{:?}", jaeger["ports"]);
@@ -63,6 +73,13 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
     let cd = &services["cd-service"];
     assert_eq!(cd["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"].as_str(), Some("http://jaeger:4318"));
     assert_eq!(cd["environment"]["CONVEYOR_SSH_KEY"].as_str(), Some("/run/secrets/deploy_key"));
+    for (svc, user, password) in [("ci-service", "conveyor-ci", "pw-ci"), ("cd-service", "conveyor-cd", "pw-cd")] {
+        let env = &services[svc]["environment"];
+        assert_eq!((env["CONVEYOR_NATS_USER"].as_str(), env["CONVEYOR_NATS_PASSWORD"].as_str()), (Some(user), Some(password)), "{svc}");
+        assert!(env["CONVEYOR_SIGNING_KEY_FILE"].as_str().unwrap().starts_with("/run/secrets/"), "{svc} signs with a secret key");
+    }
+    assert_eq!(cd["environment"]["CONVEYOR_CI_PUBLIC_KEYS"].as_str(), Some("/run/secrets/ci_public_key"));
+    assert_eq!(cd["environment"]["CONVEYOR_API_TOKEN"].as_str(), Some("api-token"));
     for svc in ["ci-service", "cd-service"] {
         let dockerfile = services[svc]["build"]["dockerfile"].as_str().unwrap();
         assert!(repo_root().join(dockerfile).is_file() || Path::new(dockerfile).is_file(), "{dockerfile}");
@@ -71,6 +88,10 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
     let out = compose(&env[1..]);
     assert!(!out.status.success(), "no webhook secret: refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("set CONVEYOR_WEBHOOK_SECRET"), "{}", String::from_utf8_lossy(&out.stderr));
+    let without_token: Vec<_> = env.iter().filter(|(k, _)| *k != "CONVEYOR_API_TOKEN").cloned().collect();
+    let out = compose(&without_token);
+    assert!(!out.status.success(), "no API token: refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set CONVEYOR_API_TOKEN"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Builds a service image's `prebuilt` target from the binaries of this build; removed on drop.
