@@ -54,6 +54,7 @@ pub async fn start_ci_under(
         .env("CONVEYOR_WORKDIR", dir.join(format!("work-{port}")))
         .env("CONVEYOR_WORKERS", workers.to_string())
         .env("CONVEYOR_WEBHOOK_SECRET", SECRET)
+        .env("CONVEYOR_ALLOW_LOCAL_REPOS", "true")
         .env("CONVEYOR_TEST_COMMAND", "sh /app/run-tests.sh")
         .env("RUST_LOG", std::env::var("BENCH_CI_LOG").unwrap_or_else(|_| "info".into()))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

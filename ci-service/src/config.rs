@@ -41,6 +41,11 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_ALLOW_UNSIGNED_WEBHOOKS")]
     pub allow_unsigned_webhooks: bool,
 
+    /// Fetch local paths and `file://` URLs (bare repositories on this host, the post-receive
+    /// hook); off, only https, http, ssh and git URLs are accepted.
+    #[arg(long, env = "CONVEYOR_ALLOW_LOCAL_REPOS")]
+    pub allow_local_repos: bool,
+
     /// Token that `POST /builds`, cancel and retry require (`Authorization: Bearer <token>`);
     /// without it they are open to whoever reaches the API.
     #[arg(long, env = "CONVEYOR_API_TOKEN", hide_env_values = true)]

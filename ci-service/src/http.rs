@@ -77,6 +77,7 @@ impl From<IntakeError> for ApiError {
     fn from(e: IntakeError) -> Self {
         let (status, code) = match &e {
             IntakeError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            IntakeError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             IntakeError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             IntakeError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             IntakeError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"),
@@ -173,7 +174,7 @@ async fn manual_build(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
         authorize(&state, &headers)?;
         let body = body?;
         let push: GenericPush = webhook::parse_json(&body).map_err(ApiError::from)?;
-        let push = match push.into_intake(Source::Manual)? {
+        let push = match push.into_intake(Source::Manual, &state.secrets)? {
             Intake::Build(push) => push,
             Intake::Ignore(reason) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_build", reason)),
             Intake::Pong => unreachable!("a generic push is never a ping"),

@@ -105,7 +105,8 @@ impl App {
         std::fs::create_dir_all(config.workdir.join("builds"))
             .map_err(|source| StartError::Workdir { path: config.workdir.clone(), source })?;
         let file = config.webhook_secrets_file.as_deref().map(WebhookSecrets::load_file).transpose()?;
-        let secrets = WebhookSecrets::new(config.webhook_secrets.clone(), file, config.allow_unsigned_webhooks)?;
+        let mut secrets = WebhookSecrets::new(config.webhook_secrets.clone(), file, config.allow_unsigned_webhooks)?;
+        secrets.allow_local_repos = config.allow_local_repos;
         if secrets.is_empty() && !config.allow_unsigned_webhooks {
             return Err(StartError::NoWebhookSecret);
         }

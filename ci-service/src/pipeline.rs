@@ -116,16 +116,67 @@ fn field(field: &'static str, message: impl Into<String>) -> PipelineError {
     PipelineError::Field { field, message: message.into() }
 }
 
-/// Reads `<checkout>/.conveyor.yml` (if any) and resolves it against the service defaults.
+/// A `.conveyor.yml` is at most this many bytes (a real one is a few hundred).
+pub const MAX_FILE_BYTES: usize = 64 * 1024;
+/// Flow collections (`[`, `{`) nest at most this deep in it.
+pub const MAX_NESTING: usize = 32;
+
+/// Reads `<checkout>/.conveyor.yml` (if any; a regular file, at most [`MAX_FILE_BYTES`]) and
+/// resolves it against the service defaults. CPU-bound on hostile input: call it off the async
+/// runtime (`spawn_blocking`).
 pub fn load(checkout: &Path, app: &str, cfg: &Config) -> Result<Pipeline, PipelineError> {
     let path = checkout.join(FILE_NAME);
     let file = match std::fs::symlink_metadata(&path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(PipelineError::Read(e)),
-        Ok(m) if !m.is_file() => return Err(PipelineError::Parse("it must be a regular file".into())),
-        Ok(_) => Some(std::fs::read_to_string(&path).map_err(PipelineError::Read)?),
+        Ok(m) if !m.is_file() => return Err(PipelineError::Parse("it must be a regular file, not a link or anything else".into())),
+        Ok(_) => Some(read_bounded(&path)?),
     };
     resolve(file.as_deref(), app, cfg)
+}
+
+fn read_bounded(path: &Path) -> Result<String, PipelineError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)).map_err(PipelineError::Read)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(PipelineError::Parse(format!("it is larger than {MAX_FILE_BYTES} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|_| PipelineError::Parse("it is not UTF-8 text".into()))
+}
+
+/// Refuses flow collections nested deeper than [`MAX_NESTING`] before the YAML parser sees them
+/// (its time grows much faster than the nesting). Quoted scalars and comments are skipped.
+fn check_nesting(text: &str) -> Result<(), PipelineError> {
+    let (mut depth, mut quote, mut comment, mut prev) = (0usize, None::<char>, false, ' ');
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, comment) {
+            (_, true) => comment = c != '\n',
+            (Some('"'), _) if c == '\\' => {
+                chars.next();
+            }
+            (Some('\''), _) if c == '\'' && chars.peek() == Some(&'\'') => {
+                chars.next();
+            }
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, _) => match c {
+                '#' if prev.is_whitespace() => comment = true,
+                '"' | '\'' if prev.is_whitespace() || "[{,:".contains(prev) => quote = Some(c),
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(PipelineError::Parse(format!("collections nest deeper than {MAX_NESTING} levels")));
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        prev = c;
+    }
+    Ok(())
 }
 
 /// Resolves the file text (`None`: no file) against the service defaults.
@@ -134,7 +185,11 @@ pub fn resolve(text: Option<&str>, app: &str, cfg: &Config) -> Result<Pipeline, 
     let file: PipelineFile = match text {
         None => PipelineFile::default(),
         Some(t) if t.trim().is_empty() => PipelineFile::default(),
-        Some(t) => serde_norway::from_str(t).map_err(|e| PipelineError::Parse(e.to_string()))?,
+        Some(t) if t.len() > MAX_FILE_BYTES => return Err(PipelineError::Parse(format!("it is larger than {MAX_FILE_BYTES} bytes"))),
+        Some(t) => {
+            check_nesting(t)?;
+            serde_norway::from_str(t).map_err(|e| PipelineError::Parse(e.to_string()))?
+        }
     };
     let image_name = file.image.unwrap_or_else(|| app.to_string());
     if image_name.is_empty()
@@ -221,6 +276,21 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_huge_or_deeply_nested_file_is_refused_at_once() {
+        let cfg = Config::defaults();
+        let started = std::time::Instant::now();
+        let nested = format!("image: {}web{}\n", "{a: ".repeat(100_000), "}".repeat(100_000));
+        let err = resolve(Some(&nested), "web", &cfg).unwrap_err().to_string();
+        assert!(err.contains("larger than") || err.contains("nest deeper"), "{err}");
+        let nested = format!("x: {}1{}\n", "[".repeat(40), "]".repeat(40));
+        assert!(resolve(Some(&nested), "web", &cfg).unwrap_err().to_string().contains("nest deeper than 32"));
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused in {:?}", started.elapsed());
+        // Brackets inside quotes and comments do not count; ordinary nesting is fine.
+        let fine = format!("test: \"{}\"  # {}\nbuild_args: {{ A: '[[[' }}\n", "[".repeat(50), "{".repeat(50));
+        assert!(resolve(Some(&fine), "web", &cfg).is_ok(), "{:?}", resolve(Some(&fine), "web", &cfg).err());
+    }
+
     use super::*;
 
     fn cfg() -> Config {

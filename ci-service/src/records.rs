@@ -255,6 +255,7 @@ mod tests {
             commit: "a".repeat(40),
             source: Source::Generic,
             delivery: None,
+            authenticated_repo: None,
         };
         BuildRecord::queued(7, &push, OffsetDateTime::now_utc(), None)
     }

@@ -14,14 +14,48 @@ pub use conveyor_proto::Secret;
 /// default: [s3cr3t]               # any repository without an entry of its own
 /// repos:
 ///   team/flask-app: [new, old]    # forge full name (owner/name) or the generic repo_url
+///   team/web:                     # the long form also says what the repository may build:
+///     secrets: [s1]
+///     apps: [web, web-worker]     #   app names (default: the repository's own name)
+///     images: [team/web]          #   image names under --registry (default: the app name)
 /// ```
+///
+/// An app or image that an entry names (or that its repository's name gives it) belongs to that
+/// repository: no other repository may build it, whatever secret it holds.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsFile {
     #[serde(default)]
     pub default: Vec<Secret>,
     #[serde(default)]
-    pub repos: HashMap<String, Vec<Secret>>,
+    pub repos: HashMap<String, RepoEntry>,
+}
+
+/// One repository of the secrets file: its secrets, and what it may build.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RepoEntry {
+    Secrets(Vec<Secret>),
+    Full(RepoGrant),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoGrant {
+    pub secrets: Vec<Secret>,
+    #[serde(default)]
+    pub apps: Vec<String>,
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+impl RepoEntry {
+    fn into_grant(self) -> RepoGrant {
+        match self {
+            RepoEntry::Secrets(secrets) => RepoGrant { secrets, ..Default::default() },
+            RepoEntry::Full(g) => g,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,27 +66,69 @@ pub enum SecretsError {
     Parse { path: String, message: String },
     #[error("an empty webhook secret is not allowed (in {0})")]
     Empty(String),
+    #[error("invalid webhook secrets file: repository {repo}: {message}")]
+    Grant { repo: String, message: String },
 }
 
-/// Which secrets sign the webhooks of which repository.
+/// What a push may build: the app names and image names granted to its repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The repository as the secrets file (or the forge) names it.
+    pub repository: String,
+    pub apps: Vec<String>,
+    pub images: Vec<String>,
+}
+
+/// A webhook whose signature matched one of the configured secrets, before its payload was read.
+#[derive(Debug)]
+pub struct Proof {
+    /// Indices into [`WebhookSecrets::all`] of the secrets that match.
+    matched: Vec<usize>,
+    /// No signature was given and none is needed (`--allow-unsigned-webhooks`).
+    unsigned: bool,
+}
+
+/// Which secrets sign the webhooks of which repository, and what each repository may build.
 #[derive(Debug, Default)]
 pub struct WebhookSecrets {
     default: Vec<Secret>,
-    repos: HashMap<String, Vec<Secret>>,
+    repos: HashMap<String, RepoGrant>,
+    /// Apps and images that some entry names, with the repository that owns each.
+    owned_apps: HashMap<String, String>,
+    owned_images: HashMap<String, String>,
     /// Repositories without any secret may send unsigned webhooks (explicit opt-out).
     pub allow_unsigned: bool,
+    /// Local paths and `file://` URLs may be fetched (`--allow-local-repos`).
+    pub allow_local_repos: bool,
+}
+
+fn key(repo: &str) -> String {
+    repo.trim_end_matches('/').trim_end_matches(".git").to_string()
 }
 
 impl WebhookSecrets {
     pub fn new(default: Vec<Secret>, file: Option<SecretsFile>, allow_unsigned: bool) -> Result<Self, SecretsError> {
-        let mut secrets = Self { default, repos: HashMap::new(), allow_unsigned };
+        let mut secrets = Self { default, allow_unsigned, ..Default::default() };
         if let Some(file) = file {
             secrets.default.extend(file.default);
-            for (repo, list) in file.repos {
-                secrets.repos.insert(repo.trim_end_matches('/').trim_end_matches(".git").to_string(), list);
+            for (repo, entry) in file.repos {
+                let mut grant = entry.into_grant();
+                let repo = key(&repo);
+                if grant.apps.is_empty() {
+                    grant.apps.extend(crate::webhook::app_from_repo_url(&repo));
+                }
+                for app in &grant.apps {
+                    conveyor_proto::validate::app_name(app)
+                        .map_err(|e| SecretsError::Grant { repo: repo.clone(), message: e.to_string() })?;
+                    secrets.owned_apps.insert(app.clone(), repo.clone());
+                }
+                for image in grant.images.iter().chain(if grant.images.is_empty() { grant.apps.iter() } else { [].iter() }) {
+                    secrets.owned_images.insert(image.clone(), repo.clone());
+                }
+                secrets.repos.insert(repo, grant);
             }
         }
-        if secrets.default.iter().chain(secrets.repos.values().flatten()).any(|s| s.expose().is_empty()) {
+        if secrets.default.iter().chain(secrets.repos.values().flat_map(|g| &g.secrets)).any(|s| s.expose().is_empty()) {
             return Err(SecretsError::Empty("webhook secrets".into()));
         }
         Ok(secrets)
@@ -68,19 +144,72 @@ impl WebhookSecrets {
         self.default.is_empty() && self.repos.is_empty()
     }
 
-    /// The secrets that may sign webhooks of a repository known by any of `names` (full name,
-    /// clone URL); the repository's own entry wins over the default list.
-    pub fn for_repo<'a>(&'a self, names: &[&str]) -> &'a [Secret] {
-        names
-            .iter()
-            .find_map(|n| self.repos.get(n.trim_end_matches('/').trim_end_matches(".git")))
-            .map(Vec::as_slice)
-            .unwrap_or(&self.default)
+    /// The entry of a repository known by any of `names` (full name, clone URL).
+    fn entry<'a>(&'a self, names: &[&str]) -> Option<(&'a str, &'a RepoGrant)> {
+        names.iter().find_map(|n| self.repos.get_key_value(&key(n))).map(|(k, g)| (k.as_str(), g))
     }
 
-    /// Every secret value, for the [`Masker`].
+    /// The secrets that may sign webhooks of a repository known by any of `names`; the
+    /// repository's own entry wins over the default list.
+    pub fn for_repo<'a>(&'a self, names: &[&str]) -> &'a [Secret] {
+        self.entry(names).map(|(_, g)| g.secrets.as_slice()).unwrap_or(&self.default)
+    }
+
+    /// Every secret value, for the [`Masker`] (and, by index, for [`Proof`]).
     pub fn all(&self) -> impl Iterator<Item = &Secret> {
-        self.default.iter().chain(self.repos.values().flatten())
+        self.default.iter().chain(self.repos.values().flat_map(|g| &g.secrets))
+    }
+
+    /// Checks a credential against every configured secret, before anything of the payload is
+    /// read; `check` says whether one secret matches it.
+    pub fn prove(&self, given: Option<&str>, check: impl Fn(&Secret, &str) -> bool) -> Result<Proof, String> {
+        match given {
+            None if self.allow_unsigned => Ok(Proof { matched: Vec::new(), unsigned: true }),
+            None => Err("missing".into()),
+            Some(value) => {
+                // Every secret is tried, so the time taken does not tell which one matched.
+                let matched: Vec<usize> = self.all().enumerate().filter(|(_, s)| check(s, value)).map(|(i, _)| i).collect();
+                if matched.is_empty() {
+                    Err("does not match".into())
+                } else {
+                    Ok(Proof { matched, unsigned: false })
+                }
+            }
+        }
+    }
+
+    /// Whether `proof` authenticates the repository known by `names`: one of the secrets that
+    /// matched belongs to it (an unsigned request only a repository without a secret may send).
+    pub fn proves(&self, proof: &Proof, names: &[&str]) -> bool {
+        let allowed = self.for_repo(names);
+        if proof.unsigned {
+            return allowed.is_empty();
+        }
+        let all: Vec<&Secret> = self.all().collect();
+        proof.matched.iter().any(|&i| allowed.iter().any(|s| std::ptr::eq(s, all[i])))
+    }
+
+    /// What the repository known by `names` may build when it pushes `app`: refused when the
+    /// app is not granted to it, or belongs to another repository.
+    pub fn grant(&self, names: &[&str], app: &str) -> Result<Grant, String> {
+        if let Some((repo, g)) = self.entry(names) {
+            if !g.apps.iter().any(|a| a == app) {
+                return Err(format!(
+                    "repository {repo} may build the apps {:?}, not {app:?} (its entry in the webhook secrets file)",
+                    g.apps
+                ));
+            }
+            let images = if g.images.is_empty() { g.apps.clone() } else { g.images.clone() };
+            return Ok(Grant { repository: repo.to_string(), apps: g.apps.clone(), images });
+        }
+        let repository = names.first().map(|n| key(n)).unwrap_or_default();
+        if let Some(owner) = self.owned_apps.get(app) {
+            return Err(format!("app {app:?} belongs to repository {owner}; {repository} may not build it"));
+        }
+        if let Some(owner) = self.owned_images.get(app) {
+            return Err(format!("image {app:?} belongs to repository {owner}; {repository} may not push it"));
+        }
+        Ok(Grant { repository, apps: vec![app.to_string()], images: vec![app.to_string()] })
     }
 }
 
@@ -120,6 +249,42 @@ mod tests {
     fn debug_never_shows_the_value() {
         let s = WebhookSecrets::new(vec![Secret::new("hunter2")], None, false).unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_repository_builds_only_what_is_granted_to_it_and_nobody_else_builds_that() {
+        let file: SecretsFile = serde_norway::from_str(
+            "default: [d1]\nrepos:\n  team/protected-app: [p1]\n  team/web:\n    secrets: [w1]\n    apps: [web, web-worker]\n    images: [team/web]\n",
+        )
+        .unwrap();
+        let s = WebhookSecrets::new(vec![], Some(file), false).unwrap();
+        assert_eq!(s.grant(&["team/protected-app"], "protected-app").unwrap().images, ["protected-app"]);
+        assert!(s.grant(&["team/protected-app"], "other").unwrap_err().contains("may build the apps [\"protected-app\"]"));
+        let g = s.grant(&["team/web"], "web-worker").unwrap();
+        assert_eq!((g.apps.len(), g.images.as_slice()), (2, ["team/web".to_string()].as_slice()));
+        // With the default secret: its own name, never an app or image another entry owns.
+        assert_eq!(s.grant(&["qa-org/evil-app"], "evil-app").unwrap().images, ["evil-app"]);
+        let stolen = s.grant(&["qa-org/evil-app"], "protected-app").unwrap_err();
+        assert!(stolen.contains("belongs to repository team/protected-app"), "{stolen}");
+        assert!(s.grant(&["qa-org/evil"], "web-worker").is_err());
+        assert!(WebhookSecrets::new(
+            vec![],
+            serde_norway::from_str("repos:\n  a/b:\n    secrets: [x]\n    apps: [Bad_Name]\n").ok(),
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_proof_from_the_raw_body_authenticates_only_its_own_repository() {
+        let file: SecretsFile = serde_norway::from_str("default: [d1]\nrepos:\n  team/web: [w1]\n").unwrap();
+        let s = WebhookSecrets::new(vec![], Some(file), false).unwrap();
+        let eq = |secret: &Secret, given: &str| secret.expose() == given;
+        let by_default = s.prove(Some("d1"), eq).unwrap();
+        assert!(s.proves(&by_default, &["team/other"]) && !s.proves(&by_default, &["team/web"]));
+        let by_web = s.prove(Some("w1"), eq).unwrap();
+        assert!(s.proves(&by_web, &["team/web"]) && !s.proves(&by_web, &["team/other"]));
+        assert!(s.prove(Some("nope"), eq).is_err() && s.prove(None, eq).is_err());
     }
 
     #[test]

@@ -203,3 +203,26 @@ async fn registry_credentials_are_used_and_masked_everywhere() {
     let everything = format!("{build}{}{}", ci.logs(id).await, serde_json::to_string(&ci.builds().await).unwrap());
     assert!(!everything.contains(&wrong), "{everything}");
 }
+
+/// A repository's `.conveyor.yml` cannot name an image granted to another repository (nor, for
+/// a repository without an entry, any image but its app's): the build fails before anything is
+/// built or pushed, with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipeline_file_cannot_push_another_repositorys_image() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, format!("default: [{}]\nrepos:\n  /srv/git/protected-app.git: [other-secret]\n", common::SECRET)).unwrap();
+    let ci = Ci::start(&nats, &registry.addr, |c| c.webhook_secrets_file = Some(secrets)).await;
+    for image in ["protected-app", "team/anything"] {
+        let (bare, _work, commit) = app_repo(&dir.path().join(image.replace('/', "-")), &[(".conveyor.yml", &format!("image: {image}\n"))]);
+        let id = ci.push_commit(&bare, "refs/heads/main", &commit).await;
+        let build = ci.wait_finished(id).await;
+        assert_eq!(build["state"], "failed", "{build}");
+        let reason = build["reason"].as_str().unwrap();
+        assert!(reason.contains(&format!("image \"{image}\" is not granted to repository")), "{reason}");
+        assert_eq!(steps(&build), ["checkout"], "nothing was built: {build}");
+    }
+    assert!(nats.stream_messages(EVENTS_STREAM).await.is_empty());
+}

@@ -250,6 +250,7 @@ async fn no_secret_at_all_refuses_to_start_unless_unsigned_is_explicit() {
     let mut cfg = Config::defaults();
     cfg.nats = nats.ci_args();
     cfg.signing_key_file = Some(nats.keys.ci_key.clone());
+    cfg.allow_local_repos = true;
     cfg.registry = registry.addr.clone();
     cfg.workdir = tempfile::tempdir().unwrap().keep();
     cfg.workers = 0;
@@ -293,9 +294,82 @@ async fn manual_builds_cancel_and_retry_need_the_api_token() {
     let (status, answer) = ci.post(&format!("/builds/{id}/cancel"), &bearer("api-token-1234"), vec![]).await;
     assert_eq!(status, 202, "{answer}");
     let build = ci.build(id).await;
-    assert_eq!((build["state"].as_str(), build["reason"].as_str()), (Some("cancelled"), Some("cancelled by request")));
+    assert_eq!((build["state"].as_str(), build["reason"].as_str()), (Some("cancelled"), Some("cancelled by request")), "{build}");
     let (status, answer) = ci.post(&format!("/builds/{id}/retry"), &json_headers(&[]), vec![]).await;
     assert_error(status, &answer, 401, "unauthorized");
     let (status, answer) = ci.post(&format!("/builds/{id}/retry"), &bearer("api-token-1234"), vec![]).await;
     assert_error(status, &answer, 409, "not_retryable");
+}
+
+/// The app a push builds is bound to the repository whose secret authenticated it: derived from
+/// the authenticated name only (GitHub's `full_name`, not `repository.name`), and an app or
+/// image that the secrets file grants to one repository is refused (403) to every other, even
+/// with the default secret. Git URLs that would run options or remote helpers are refused (422).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_builds_only_what_its_repository_owns() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.yaml");
+    std::fs::write(&secrets, "repos:\n  team/protected-app:\n    secrets: [protected-secret]\n    images: [team/protected-app]\n").unwrap();
+    let ci = intake_only(&nats, &registry, |c| c.webhook_secrets_file = Some(secrets)).await;
+    let github = |full_name: &str, name: &str| {
+        let mut push = fixture("github-push.json");
+        push["after"] = json!(SHA);
+        push["head_commit"]["id"] = json!(SHA);
+        push["repository"]["full_name"] = json!(full_name);
+        push["repository"]["name"] = json!(name);
+        serde_json::to_vec(&push).unwrap()
+    };
+    let headers = |body: &[u8]| json_headers(&[("x-github-event", "push"), ("x-hub-signature-256", &sign(body))]);
+
+    // `full_name` qa-org/evil-app, `name` protected-app, signed with the default secret: it
+    // builds evil-app, never protected-app.
+    let body = github("qa-org/evil-app", "protected-app");
+    let (status, answer) = ci.post("/hooks/push", &headers(&body), body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(ci.build(answer["build_id"].as_u64().unwrap()).await["app"], "evil-app");
+
+    // Another repository whose own name is protected-app: the app belongs to team/protected-app.
+    let body = github("qa-org/protected-app", "protected-app");
+    let (status, answer) = ci.post("/hooks/push", &headers(&body), body).await;
+    assert_error(status, &answer, 403, "forbidden");
+    assert!(answer["message"].as_str().unwrap().contains("belongs to repository team/protected-app"), "{answer}");
+    // The protected repository's own secret, on a payload naming another repository: 401.
+    let body = github("qa-org/evil-app", "evil-app");
+    let own = format!("sha256={}", signature::sign(&Secret::new("protected-secret"), &body));
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-github-event", "push"), ("x-hub-signature-256", &own)]), body).await;
+    assert_error(status, &answer, 401, "unauthorized");
+
+    // The generic body's `app` field may not claim it either.
+    let generic = |app: &str, repo_url: &str| {
+        serde_json::to_vec(&json!({ "repo_url": repo_url, "ref": "refs/heads/main", "commit": SHA, "app": app })).unwrap()
+    };
+    let body = generic("protected-app", "/srv/git/evil.git");
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-conveyor-signature-256", &sign(&body))]), body).await;
+    assert_error(status, &answer, 403, "forbidden");
+
+    // Repository URLs git would read as an option or a remote helper never reach the queue.
+    for url in ["--upload-pack=touch /tmp/pwned", "ext::sh -c touch% /tmp/pwned", "ssh://-oProxyCommand=touch%20x/r.git", "fd::3"] {
+        let body = generic("evil", url);
+        let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-conveyor-signature-256", &sign(&body))]), body).await;
+        assert_error(status, &answer, 422, "invalid_payload");
+        assert!(answer["message"].as_str().unwrap().contains("is refused"), "{url}: {answer}");
+    }
+    assert_eq!(ci.builds().await.len(), 1, "only the evil-app push was queued");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_repositories_are_fetched_only_when_allowed() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |c| c.allow_local_repos = false).await;
+    for url in ["/srv/git/web.git", "file:///srv/git/web.git"] {
+        let body = serde_json::to_vec(&json!({ "repo_url": url, "ref": "refs/heads/main", "commit": SHA })).unwrap();
+        let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-conveyor-signature-256", &sign(&body))]), body).await;
+        assert_error(status, &answer, 422, "invalid_payload");
+        assert!(answer["message"].as_str().unwrap().contains("--allow-local-repos"), "{answer}");
+    }
+    let body = serde_json::to_vec(&json!({ "repo_url": "https://git.example.test/team/web.git", "ref": "refs/heads/main", "commit": SHA }))
+        .unwrap();
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-conveyor-signature-256", &sign(&body))]), body).await;
+    assert_eq!(status, 202, "{answer}");
 }

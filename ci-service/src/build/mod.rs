@@ -406,7 +406,26 @@ async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared,
     if skips_ci(&message) {
         return Err(Stop::Skipped("the commit message asks to skip CI".into()));
     }
-    let pipeline = pipeline::load(&dir, &push.app, cfg).map_err(|e| Stop::Failed(e.to_string()))?;
+    // A hostile repository's file: parsed with bounds, off the async runtime.
+    let pipeline = {
+        let (dir, app, cfg) = (dir.clone(), push.app.clone(), cfg.clone());
+        tokio::task::spawn_blocking(move || pipeline::load(&dir, &app, &cfg))
+            .await
+            .map_err(|e| Stop::Failed(format!("reading {} failed: {e}", pipeline::FILE_NAME)))?
+            .map_err(|e| Stop::Failed(e.to_string()))?
+    };
+    // The image must be one its repository may push (the webhook secrets file grants them).
+    let identity = push.authenticated_repo.as_deref().unwrap_or(&push.repo_url);
+    let grant = state.secrets.grant(&[identity, push.repo_url.as_str()], &push.app).map_err(Stop::Failed)?;
+    if !grant.images.contains(&pipeline.image_name) {
+        return Err(Stop::Failed(format!(
+            "{}: image {:?} is not granted to repository {} (it may push {:?}; list more under `images:` in its entry of the webhook secrets file)",
+            pipeline::FILE_NAME,
+            pipeline.image_name,
+            grant.repository,
+            grant.images
+        )));
+    }
     if pipeline.from_file {
         ctx.log.line(&format!("[conveyor] pipeline from {}", pipeline::FILE_NAME));
     }

@@ -5,14 +5,14 @@
 use serde::Deserialize;
 
 use super::{
-    app_from_repo_url, authenticate, classify_ref, parse_json, skips_ci, Credential, Intake, IntakeError, PushRequest, RefTarget, Source,
+    authenticate, bound_app, check_repo_url, classify_ref, parse_json, skips_ci, Intake, IntakeError, PushRequest, RefTarget, Source,
 };
-use crate::secrets::WebhookSecrets;
+use crate::secrets::{Proof, WebhookSecrets};
 
 #[derive(Debug, Deserialize)]
 struct Repository {
+    /// `owner/name`: the repository's identity (its secret, its app); `name` is not read.
     full_name: String,
-    name: String,
     clone_url: String,
 }
 
@@ -46,7 +46,9 @@ struct AnyHubEvent {
 
 /// What a forge says about a push, in its own field names.
 struct Pushed<'a> {
-    repo_name: &'a str,
+    /// The repository's authenticated name (`owner/name`, GitLab's `path_with_namespace`): the
+    /// one field the app name is derived from.
+    full_name: &'a str,
     clone_url: &'a str,
     git_ref: &'a str,
     after: &'a str,
@@ -54,7 +56,7 @@ struct Pushed<'a> {
     head_message: Option<&'a str>,
 }
 
-fn push_request(source: Source, p: Pushed<'_>, delivery: Option<&str>) -> Result<Intake, IntakeError> {
+fn push_request(source: Source, p: Pushed<'_>, delivery: Option<&str>, secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
     let (ref_kind, ref_name) = match classify_ref(p.git_ref, p.after, p.deleted)? {
         RefTarget::Ignore(reason) => return Ok(Intake::Ignore(reason)),
         RefTarget::Build { kind, name } => (kind, name),
@@ -62,8 +64,8 @@ fn push_request(source: Source, p: Pushed<'_>, delivery: Option<&str>) -> Result
     if p.head_message.is_some_and(skips_ci) {
         return Ok(Intake::Ignore("the head commit asks to skip CI".into()));
     }
-    let app = app_from_repo_url(p.repo_name)
-        .ok_or_else(|| IntakeError::Invalid(format!("cannot derive an app name from repository {:?}", p.repo_name)))?;
+    check_repo_url(p.clone_url, secrets.allow_local_repos)?;
+    let app = bound_app(secrets, &[p.full_name, p.clone_url], None)?;
     Ok(Intake::Build(PushRequest {
         app,
         repo_url: p.clone_url.to_string(),
@@ -73,35 +75,24 @@ fn push_request(source: Source, p: Pushed<'_>, delivery: Option<&str>) -> Result
         commit: p.after.to_string(),
         source,
         delivery: delivery.map(str::to_string),
+        authenticated_repo: Some(p.full_name.to_string()),
     }))
 }
 
 /// GitHub: `X-GitHub-Event` (`push`, `ping`), `X-Hub-Signature-256: sha256=<hex>`.
-pub fn github(
-    event: &str,
-    signature: Option<&str>,
-    delivery: Option<&str>,
-    body: &[u8],
-    secrets: &WebhookSecrets,
-) -> Result<Intake, IntakeError> {
-    hub(Source::Github, event, signature, delivery, body, secrets)
+pub fn github(event: &str, proof: &Proof, delivery: Option<&str>, body: &[u8], secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
+    hub(Source::Github, event, proof, delivery, body, secrets)
 }
 
 /// Gitea and Forgejo: `X-Gitea-Event`/`X-Forgejo-Event`, signature as bare hex.
-pub fn gitea(
-    event: &str,
-    signature: Option<&str>,
-    delivery: Option<&str>,
-    body: &[u8],
-    secrets: &WebhookSecrets,
-) -> Result<Intake, IntakeError> {
-    hub(Source::Gitea, event, signature, delivery, body, secrets)
+pub fn gitea(event: &str, proof: &Proof, delivery: Option<&str>, body: &[u8], secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
+    hub(Source::Gitea, event, proof, delivery, body, secrets)
 }
 
 fn hub(
     source: Source,
     event: &str,
-    signature: Option<&str>,
+    proof: &Proof,
     delivery: Option<&str>,
     body: &[u8],
     secrets: &WebhookSecrets,
@@ -111,21 +102,21 @@ fn hub(
         Some(r) => vec![r.full_name.as_str(), r.clone_url.as_str()],
         None => vec!["(no repository in payload)"],
     };
-    authenticate(secrets, &names, Credential::Hmac { signature, body })?;
+    authenticate(secrets, proof, &names)?;
     match event {
         "ping" => Ok(Intake::Pong),
         "push" => {
             let p: HubPush = parse_json(body)?;
             let message = p.head_commit.as_ref().filter(|c| c.id == p.after).map(|c| c.message.as_str());
             let pushed = Pushed {
-                repo_name: &p.repository.name,
+                full_name: &p.repository.full_name,
                 clone_url: &p.repository.clone_url,
                 git_ref: &p.git_ref,
                 after: &p.after,
                 deleted: p.deleted,
                 head_message: message,
             };
-            push_request(source, pushed, delivery)
+            push_request(source, pushed, delivery, secrets)
         }
         other => Ok(Intake::Ignore(format!("{other} events are not built"))),
     }
@@ -133,9 +124,8 @@ fn hub(
 
 #[derive(Debug, Deserialize)]
 struct GitlabProject {
+    /// `group/sub/name`: the project's identity; its display `name` is not read.
     path_with_namespace: String,
-    #[serde(default)]
-    name: Option<String>,
     git_http_url: String,
 }
 
@@ -158,19 +148,13 @@ struct GitlabPush {
 
 /// GitLab: `X-Gitlab-Event` (`Push Hook`, `Tag Push Hook`), the secret token sent as is in
 /// `X-Gitlab-Token`.
-pub fn gitlab(
-    event: &str,
-    token: Option<&str>,
-    delivery: Option<&str>,
-    body: &[u8],
-    secrets: &WebhookSecrets,
-) -> Result<Intake, IntakeError> {
+pub fn gitlab(event: &str, proof: &Proof, delivery: Option<&str>, body: &[u8], secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
     let any: GitlabAny = parse_json(body)?;
     let names: Vec<&str> = match &any.project {
         Some(p) => vec![p.path_with_namespace.as_str(), p.git_http_url.as_str()],
         None => vec!["(no project in payload)"],
     };
-    authenticate(secrets, &names, Credential::Token(token))?;
+    authenticate(secrets, proof, &names)?;
     if event != "Push Hook" && event != "Tag Push Hook" {
         return Ok(Intake::Ignore(format!("GitLab {event:?} events are not built")));
     }
@@ -179,14 +163,13 @@ pub fn gitlab(
         return Ok(Intake::Ignore(format!("GitLab {} events are not built", p.object_kind)));
     }
     let message = p.commits.iter().find(|c| c.id == p.after).map(|c| c.message.as_str());
-    let name = p.project.name.as_deref().unwrap_or(&p.project.path_with_namespace);
     let pushed = Pushed {
-        repo_name: name,
+        full_name: &p.project.path_with_namespace,
         clone_url: &p.project.git_http_url,
         git_ref: &p.git_ref,
         after: &p.after,
         deleted: false,
         head_message: message,
     };
-    push_request(Source::Gitlab, pushed, delivery)
+    push_request(Source::Gitlab, pushed, delivery, secrets)
 }

@@ -1,6 +1,9 @@
 //! Push intake: turns a forge webhook (GitHub, GitLab, Gitea/Forgejo) or a generic push
-//! notification into a verified, validated [`PushRequest`]. It parses and authenticates only;
-//! it never enqueues or builds (the HTTP handler enqueues, a worker builds).
+//! notification into a verified, validated [`PushRequest`]. The signature (or token) is checked
+//! on the raw bytes against the configured secrets before anything is parsed; once the payload
+//! names its repository, the secret must be that repository's, and the app it builds is derived
+//! from that one authenticated name and must be granted to it ([`WebhookSecrets::grant`]). It
+//! never enqueues or builds (the HTTP handler enqueues, a worker builds).
 
 pub mod forges;
 pub mod generic;
@@ -9,7 +12,7 @@ pub mod signature;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use crate::secrets::WebhookSecrets;
+use crate::secrets::{Proof, WebhookSecrets};
 use conveyor_proto::validate;
 
 /// Who sent the push.
@@ -51,6 +54,10 @@ pub struct PushRequest {
     /// The sender's delivery id (`X-GitHub-Delivery`, ...), when it sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<String>,
+    /// The authenticated repository (forge full name, or the generic `repo_url`): what the app
+    /// and the images the build may push are granted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated_repo: Option<String>,
 }
 
 /// What to do with a well-formed, authentic notification.
@@ -68,6 +75,9 @@ pub enum Intake {
 pub enum IntakeError {
     #[error("{0}")]
     Unauthorized(String),
+    /// Authentic, but asks for an app or image its repository may not build.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
@@ -82,7 +92,8 @@ impl From<validate::ValidationError> for IntakeError {
     }
 }
 
-/// Reads any supported notification: the forge is recognised by its event header.
+/// Reads any supported notification: the forge is recognised by its event header, and its
+/// credential is checked on the raw body before the body is parsed.
 pub fn intake(headers: &HeaderMap, body: &[u8], secrets: &WebhookSecrets) -> Result<Intake, IntakeError> {
     require_json(headers)?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -90,16 +101,21 @@ pub fn intake(headers: &HeaderMap, body: &[u8], secrets: &WebhookSecrets) -> Res
     if let Some(event) = header("x-forgejo-event").or(header("x-gitea-event")) {
         let signature = header("x-forgejo-signature").or(header("x-gitea-signature")).or(header("x-hub-signature-256"));
         let delivery = header("x-forgejo-delivery").or(header("x-gitea-delivery"));
-        return forges::gitea(event, signature, delivery, body, secrets);
+        let proof = prove(secrets, Credential::Hmac { signature, body })?;
+        return forges::gitea(event, &proof, delivery, body, secrets);
     }
     if let Some(event) = header("x-github-event") {
-        return forges::github(event, header("x-hub-signature-256"), header("x-github-delivery"), body, secrets);
+        let proof = prove(secrets, Credential::Hmac { signature: header("x-hub-signature-256"), body })?;
+        return forges::github(event, &proof, header("x-github-delivery"), body, secrets);
     }
     if let Some(event) = header("x-gitlab-event") {
         let delivery = header("x-gitlab-event-uuid").or(header("x-gitlab-webhook-uuid"));
-        return forges::gitlab(event, header("x-gitlab-token"), delivery, body, secrets);
+        let proof = prove(secrets, Credential::Token(header("x-gitlab-token")))?;
+        return forges::gitlab(event, &proof, delivery, body, secrets);
     }
-    generic::intake(header("x-conveyor-signature-256").or(header("x-hub-signature-256")), body, secrets)
+    let signature = header("x-conveyor-signature-256").or(header("x-hub-signature-256"));
+    let proof = prove(secrets, Credential::Hmac { signature, body })?;
+    generic::intake(&proof, body, secrets)
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), IntakeError> {
@@ -136,31 +152,93 @@ pub(crate) enum Credential<'a> {
     Token(Option<&'a str>),
 }
 
-/// Authenticates the sender of a notification for the repository known by `names`: the
-/// credential must match one of that repository's secrets; none is needed only when the
-/// repository has no secret and unsigned webhooks are allowed.
-pub(crate) fn authenticate(secrets: &WebhookSecrets, names: &[&str], credential: Credential<'_>) -> Result<(), IntakeError> {
-    let allowed = secrets.for_repo(names);
+/// Checks the credential of a notification against every configured secret, on the raw body:
+/// nothing is parsed for a sender that holds none of them.
+pub(crate) fn prove(secrets: &WebhookSecrets, credential: Credential<'_>) -> Result<Proof, IntakeError> {
     let (given, what) = match credential {
         Credential::Hmac { signature, .. } => (signature, "signature"),
         Credential::Token(token) => (token, "token"),
     };
-    let refuse = |why: String| Err(IntakeError::Unauthorized(format!("{why} for repository {}", names[0])));
-    match given {
-        None if allowed.is_empty() && secrets.allow_unsigned => Ok(()),
-        None => refuse(format!("missing {what} header")),
-        Some(_) if allowed.is_empty() => refuse("no webhook secret is configured".into()),
-        Some(value) => {
-            let ok = match credential {
-                Credential::Hmac { body, .. } => signature::verify_hmac(allowed, body, value),
-                Credential::Token(_) => signature::verify_token(allowed, value),
-            };
-            if ok {
-                Ok(())
-            } else {
-                refuse(format!("{what} does not match"))
-            }
+    let result = match credential {
+        Credential::Hmac { body, .. } => secrets.prove(given, |s, v| signature::verify_hmac(std::slice::from_ref(s), body, v)),
+        Credential::Token(_) => secrets.prove(given, |s, v| signature::verify_token(std::slice::from_ref(s), v)),
+    };
+    result.map_err(|why| match given {
+        None => IntakeError::Unauthorized(format!("missing {what} header")),
+        Some(_) if secrets.is_empty() => IntakeError::Unauthorized("no webhook secret is configured".into()),
+        Some(_) => IntakeError::Unauthorized(format!("{what} {why}")),
+    })
+}
+
+/// Authenticates the sender for the repository known by `names` (once the payload named it):
+/// the secret that matched must be one of that repository's.
+pub(crate) fn authenticate(secrets: &WebhookSecrets, proof: &Proof, names: &[&str]) -> Result<(), IntakeError> {
+    if secrets.proves(proof, names) {
+        Ok(())
+    } else if secrets.for_repo(names).is_empty() {
+        Err(IntakeError::Unauthorized(format!("repository {} has no webhook secret and sent a signed webhook", names[0])))
+    } else {
+        Err(IntakeError::Unauthorized(format!("the signature is not one of repository {}'s secrets", names[0])))
+    }
+}
+
+/// The app a push of the repository known by `names` builds: `requested`, else derived from
+/// the first (authenticated) name; it must be granted to that repository.
+pub(crate) fn bound_app(secrets: &WebhookSecrets, names: &[&str], requested: Option<&str>) -> Result<String, IntakeError> {
+    let app = match requested {
+        Some(app) => {
+            validate::app_name(app)?;
+            app.to_string()
         }
+        None => app_from_repo_url(names[0])
+            .ok_or_else(|| IntakeError::Invalid(format!("cannot derive an app name from repository {:?}", names[0])))?,
+    };
+    secrets.grant(names, &app).map_err(IntakeError::Forbidden)?;
+    Ok(app)
+}
+
+/// A repository URL git would read as an option or a remote helper (`--upload-pack=...`,
+/// `ext::sh -c ...`, an ssh host `-oProxyCommand=...`) is refused, and so is a local path or
+/// `file://` URL unless local repositories are allowed.
+pub fn check_repo_url(url: &str, allow_local: bool) -> Result<(), IntakeError> {
+    let refuse = |why: &str| Err(IntakeError::Invalid(format!("repo_url {url:?} is refused: {why}")));
+    if url.len() > conveyor_proto::event::MAX_URL_BYTES {
+        return refuse("longer than 4096 bytes");
+    }
+    if url.is_empty() || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return refuse("empty, or it contains a space or a control character");
+    }
+    if url.starts_with('-') {
+        return refuse("it begins with `-` (git would read it as an option)");
+    }
+    let lower = url.to_ascii_lowercase();
+    if let Some((scheme, rest)) = lower.split_once("://") {
+        return match scheme {
+            "https" | "http" | "ssh" | "git" | "git+ssh" | "ssh+git" => {
+                let host = rest.split(['/', '?']).next().unwrap_or("").rsplit('@').next().unwrap_or("");
+                if host.is_empty() || host.starts_with('-') {
+                    refuse("its host is empty or begins with `-`")
+                } else {
+                    Ok(())
+                }
+            }
+            "file" if allow_local => Ok(()),
+            "file" => refuse("local repositories are not allowed (--allow-local-repos)"),
+            _ => refuse("only https, http, ssh and git URLs are fetched"),
+        };
+    }
+    if lower.contains("::") {
+        return refuse("`<transport>::<address>` runs a git remote helper");
+    }
+    // scp-like `user@host:path`: a colon before any slash.
+    if let Some((host, _)) = url.split_once(':').filter(|(h, _)| !h.contains('/')) {
+        let host = host.rsplit('@').next().unwrap_or("");
+        return if host.is_empty() || host.starts_with('-') { refuse("its host is empty or begins with `-`") } else { Ok(()) };
+    }
+    if allow_local {
+        Ok(())
+    } else {
+        refuse("local repositories are not allowed (--allow-local-repos)")
     }
 }
 
@@ -287,6 +365,31 @@ mod tests {
         ] {
             assert!(matches!(classify_ref(&format!("refs/heads/{bad}"), &sha, false), Err(IntakeError::Invalid(_))), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refuses_repo_urls_git_would_read_as_options_or_helpers() {
+        for ok in ["https://github.com/org/app.git", "ssh://git@host:22/org/app.git", "git@github.com:org/app.git", "git://h/x"] {
+            assert!(check_repo_url(ok, false).is_ok(), "{ok}");
+        }
+        for local in ["/srv/git/app.git", "file:///srv/git/app.git", "../app.git"] {
+            assert!(check_repo_url(local, false).is_err(), "{local}: local needs --allow-local-repos");
+            assert!(check_repo_url(local, true).is_ok(), "{local}");
+        }
+        for bad in [
+            "--upload-pack=touch /tmp/x",
+            "-u",
+            "ext::sh -c touch% /tmp/pwned",
+            "fd::17",
+            "ssh://-oProxyCommand=touch /tmp/x/foo",
+            "ssh://git@-oProxyCommand=x/foo",
+            "-oProxyCommand=x:foo",
+            "gopher://x/y",
+            "https://exa mple/x",
+        ] {
+            assert!(check_repo_url(bad, true).is_err(), "{bad:?}");
+        }
+        assert!(check_repo_url(&format!("https://h/{}", "a".repeat(5000)), true).is_err());
     }
 
     #[test]

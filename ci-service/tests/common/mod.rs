@@ -46,6 +46,8 @@ impl Ci {
         cfg.workdir = workdir.path().to_path_buf();
         cfg.replica = Some(replica.clone());
         cfg.webhook_secrets = vec![Secret::new(SECRET)];
+        // The test repositories are bare repositories on disk.
+        cfg.allow_local_repos = true;
         cfg.test_command = GREEN.into();
         cfg.build_timeout_secs = 120;
         cfg.test_timeout_secs = 60;

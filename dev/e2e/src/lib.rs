@@ -156,6 +156,8 @@ impl Stack {
             .env("CONVEYOR_WORKDIR", d.join("ci-work"))
             .env("CONVEYOR_BUILD_ARGS", format!("BASE_IMAGE={FLASK_BASE_IMAGE}"))
             .env("CONVEYOR_WEBHOOK_SECRET", &webhook_secret)
+            // The app repository is a bare repository on this host.
+            .env("CONVEYOR_ALLOW_LOCAL_REPOS", "true")
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())

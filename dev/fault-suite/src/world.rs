@@ -84,6 +84,7 @@ impl World {
                 ("CONVEYOR_WORKDIR", dir.join(format!("ci-{i}")).display().to_string()),
                 ("CONVEYOR_REPLICA", format!("ci-{i}")),
                 ("CONVEYOR_WEBHOOK_SECRET", SECRET.into()),
+                ("CONVEYOR_ALLOW_LOCAL_REPOS", "true".into()),
                 ("CONVEYOR_TEST_COMMAND", "sh /app/run-tests.sh".into()),
                 ("CONVEYOR_WORKERS", workers.to_string()),
                 // A killed replica's job goes back to the queue after this long.
