@@ -222,3 +222,35 @@ async fn a_rotated_ci_key_is_accepted_beside_the_old_one() {
     applied(&nats, nats.publish_with(&v3.subject(), v3.to_json().unwrap(), Some(&new_key)).await).await;
     assert_eq!(tag_in(&bare, "staging"), "v3", "new key");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_fields_and_events_are_dead_lettered_even_when_signed() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
+    let _cd = start_cd(&nats, &bare.url()).await;
+    let ci = nats.keys.ci_signer();
+    let commits = bare.count("main");
+
+    // A signed, otherwise valid event whose repo_url is 5 KiB: it would be a 5 KiB commit message.
+    let mut long_url = serde_json::to_value(build("v2", 1)).unwrap();
+    long_url["source"]["repo_url"] = json!(format!("/srv/{}", "a".repeat(5 * 1024)));
+    let payload = long_url.to_string().into_bytes();
+    nats.publish_with("conveyor.images.built.web", payload, Some(&ci)).await;
+    // A 200 KiB event (within NATS's 1 MiB message limit).
+    let mut huge = serde_json::to_value(build("v3", 2)).unwrap();
+    huge["build_id"] = json!("b".repeat(200 * 1024));
+    nats.publish_with("conveyor.images.built.web", huge.to_string().into_bytes(), Some(&ci)).await;
+    // A trailer forged through a line break in a field.
+    let mut forged = serde_json::to_value(build("v4", 3)).unwrap();
+    forged["event_id"] = json!("evt\nConveyor-Environment: production");
+    let last = nats.publish_with("conveyor.images.built.web", forged.to_string().into_bytes(), Some(&ci)).await;
+    applied(&nats, last).await;
+
+    assert_eq!(bare.count("main"), commits, "nothing was committed");
+    let reasons = dead_reasons(&nats).await;
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert!(reasons[0].contains("`source.repo_url` is 5125 bytes long, more than the 4096 allowed"), "{reasons:#?}");
+    assert!(reasons[1].contains("more than the 65536 allowed"), "{reasons:#?}");
+    assert!(reasons[2].contains("`event_id` contains a control character"), "{reasons:#?}");
+}

@@ -49,6 +49,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -212,7 +216,8 @@ fn not_found(id: &str) -> ApiError {
 }
 
 async fn record(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
-    let n: u64 = id.parse().map_err(|_| not_found(id))?;
+    // Build numbers are JetStream sequences: they start at 1.
+    let n: u64 = id.parse().ok().filter(|n| *n > 0).ok_or_else(|| not_found(id))?;
     if let Some(rec) = state.records.get(n).await.map_err(unavailable)? {
         return Ok(rec);
     }

@@ -235,11 +235,20 @@ async fn generic_push_bad_requests_and_the_same_commit_pushed_twice() {
     assert_error(status, &answer, 422, "invalid_payload");
     let (status, answer) = post(vec![b' '; 2 * 1024 * 1024], "application/json", true).await;
     assert_error(status, &answer, 413, "body_too_large");
-    for path in ["/builds/nope", "/builds/999999"] {
+    for path in ["/builds/nope", "/builds/999999", "/builds/0", "/builds/0/logs", "/builds/-1"] {
         let resp = reqwest::get(ci.url(path)).await.unwrap();
-        assert_eq!(resp.status().as_u16(), 404);
-        assert_eq!(resp.json::<Value>().await.unwrap()["error"], "build_not_found");
+        assert_eq!(resp.status().as_u16(), 404, "{path}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"], "build_not_found", "{path}");
     }
+    // Unknown routes and methods answer in the documented JSON shape too.
+    let resp = reqwest::get(ci.url("/no/such/route")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let body: Value = resp.json().await.unwrap();
+    assert_error(404, &body, 404, "not_found");
+    let resp = reqwest::Client::new().delete(ci.url("/hooks/push")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert_error(405, &body, 405, "method_not_allowed");
     assert_eq!(ci.builds().await.len(), 1, "none of the refused requests queued anything");
     assert_eq!(reqwest::get(ci.url("/healthz")).await.unwrap().status().as_u16(), 200, "still serving");
 }

@@ -20,6 +20,45 @@ pub enum ContextError {
     Io { path: PathBuf, source: io::Error },
     #[error("the Dockerfile {0:?} is not in the repository")]
     NoDockerfile(String),
+    #[error("{what} {path:?} is {kind}, not a regular file of the repository: refused before the build (it is not read)")]
+    NotRegular { what: &'static str, path: String, kind: &'static str },
+    #[error(".dockerignore is larger than {max} bytes")]
+    IgnoreTooLarge { max: usize },
+}
+
+/// A `.dockerignore` is read up to this many bytes; a larger one is refused.
+pub const MAX_IGNORE_BYTES: usize = 1 << 20;
+
+/// What a repository path is, without following a link: `None` if it does not exist.
+fn kind(path: &Path) -> Result<Option<&'static str>, ContextError> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ContextError::Io { path: path.to_path_buf(), source }),
+        Ok(m) if m.file_type().is_symlink() => Ok(Some("a symbolic link")),
+        Ok(m) if m.is_dir() => Ok(Some("a directory")),
+        Ok(m) if !m.is_file() => Ok(Some("a device, socket or pipe")),
+        Ok(_) => Ok(Some("file")),
+    }
+}
+
+/// Reads the `.dockerignore` of `root`: a regular file (a link is refused unread), at most
+/// [`MAX_IGNORE_BYTES`].
+fn read_ignore(root: &Path) -> Result<DockerIgnore, ContextError> {
+    use std::io::Read;
+    let path = root.join(".dockerignore");
+    match kind(&path)? {
+        None => return Ok(DockerIgnore { rules: Vec::new() }),
+        Some("file") => {}
+        Some(kind) => return Err(ContextError::NotRegular { what: "the .dockerignore", path: ".dockerignore".into(), kind }),
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_IGNORE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|source| ContextError::Io { path: path.clone(), source })?;
+    if bytes.len() > MAX_IGNORE_BYTES {
+        return Err(ContextError::IgnoreTooLarge { max: MAX_IGNORE_BYTES });
+    }
+    DockerIgnore::parse(&String::from_utf8_lossy(&bytes))
 }
 
 struct Rule {
@@ -133,15 +172,21 @@ impl Write for ChannelWriter {
 
 /// Lists the files and directories of the context, in a stable order.
 pub fn context_entries(root: &Path, dockerfile: &str) -> Result<Vec<(PathBuf, String)>, ContextError> {
-    let ignore_path = root.join(".dockerignore");
-    let ignore = match std::fs::read_to_string(&ignore_path) {
-        Ok(text) => DockerIgnore::parse(&text)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => DockerIgnore { rules: Vec::new() },
-        Err(source) => return Err(ContextError::Io { path: ignore_path, source }),
-    };
+    let ignore = read_ignore(root)?;
     let dockerfile = clean(dockerfile);
-    if !root.join(&dockerfile).is_file() {
-        return Err(ContextError::NoDockerfile(dockerfile));
+    // The Dockerfile and every directory on the way to it must be the repository's own: no
+    // link (it could lead out of the checkout), nothing but a regular file at the end.
+    let mut at = root.to_path_buf();
+    let parts: Vec<&str> = dockerfile.split('/').filter(|p| !p.is_empty()).collect();
+    for (i, part) in parts.iter().enumerate() {
+        at.push(part);
+        let last = i + 1 == parts.len();
+        match kind(&at)? {
+            None => return Err(ContextError::NoDockerfile(dockerfile)),
+            Some("file") if last => {}
+            Some("a directory") if !last => {}
+            Some(kind) => return Err(ContextError::NotRegular { what: "the Dockerfile", path: parts[..=i].join("/"), kind }),
+        }
     }
     let always = [dockerfile.as_str(), ".dockerignore"];
     let mut entries = Vec::new();
@@ -207,6 +252,32 @@ fn write_context(root: &Path, dockerfile: &str, tx: mpsc::Sender<Result<Bytes, i
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_linked_or_special_dockerignore_or_dockerfile_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").unwrap();
+        let secret = root.join("..").join("host-secret.txt");
+        std::fs::write(&secret, "top secret host file\n").unwrap();
+        std::os::unix::fs::symlink(&secret, root.join(".dockerignore")).unwrap();
+        let err = context_entries(root, "Dockerfile").unwrap_err().to_string();
+        assert!(err.contains(".dockerignore") && err.contains("symbolic link") && !err.contains("top secret"), "{err}");
+        std::fs::remove_file(root.join(".dockerignore")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join(".dockerignore")).unwrap();
+        assert!(context_entries(root, "Dockerfile").unwrap_err().to_string().contains("symbolic link"));
+        std::fs::remove_file(root.join(".dockerignore")).unwrap();
+
+        std::fs::create_dir(root.join("docker")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("docker/Dockerfile")).unwrap();
+        let err = context_entries(root, "docker/Dockerfile").unwrap_err().to_string();
+        assert!(err.contains("the Dockerfile \"docker/Dockerfile\" is a symbolic link"), "{err}");
+        std::os::unix::fs::symlink("/etc", root.join("etc")).unwrap();
+        let err = context_entries(root, "etc/passwd").unwrap_err().to_string();
+        assert!(err.contains("the Dockerfile \"etc\" is a symbolic link"), "{err}");
+        assert!(matches!(context_entries(root, "nope/Dockerfile"), Err(ContextError::NoDockerfile(_))));
+        assert!(context_entries(root, "Dockerfile").is_ok());
+    }
+
     use super::*;
 
     fn ig(text: &str) -> DockerIgnore {
