@@ -5,6 +5,7 @@
 //! row of the table `dev/faults` prints: faults injected, inputs, manifest updates expected and
 //! found, duplicates, losses, crashes. The goal is zero duplicated, zero lost, zero crashes.
 
+pub mod forged;
 pub mod procs;
 pub mod scenarios;
 pub mod world;
@@ -30,6 +31,8 @@ pub struct Scale {
     pub outside_commits: usize,
     /// Malformed or mis-signed webhook requests.
     pub bad_webhooks: usize,
+    /// Forged deploys: rounds of every kind of attempt, each round between real pushes.
+    pub forged_rounds: usize,
 }
 
 impl Scale {
@@ -46,6 +49,7 @@ impl Scale {
             registry_pushes: 40,
             outside_commits: 50,
             bad_webhooks: 10_000,
+            forged_rounds: 10,
         }
     }
 
@@ -63,6 +67,7 @@ impl Scale {
             registry_pushes: 8,
             outside_commits: 15,
             bad_webhooks: 10_000,
+            forged_rounds: 2,
         }
     }
 }
@@ -166,7 +171,8 @@ impl Rng {
 }
 
 /// Every scenario's name, in the order `run` runs them.
-pub const SCENARIOS: &[&str] = &["ci-kill-9", "cd-kill-9", "nats-restart", "registry-outage", "outside-pushes", "bad-webhooks"];
+pub const SCENARIOS: &[&str] =
+    &["ci-kill-9", "cd-kill-9", "nats-restart", "registry-outage", "outside-pushes", "bad-webhooks", "forged-deploys"];
 
 /// Runs the scenarios named in `only` (all when empty), one after the other, each in its own
 /// world. A scenario that cannot run at all is a row with its error as a note and a crash.
@@ -187,6 +193,7 @@ pub async fn run(scale: &Scale, seed: u64, only: &[String]) -> Vec<Row> {
             "registry-outage" => scenarios::registry_outage(scale, rng).await,
             "outside-pushes" => scenarios::outside_pushes(scale, rng).await,
             "bad-webhooks" => scenarios::bad_webhooks(scale, rng).await,
+            "forged-deploys" => forged::forged_deploys(scale, rng).await,
             _ => unreachable!(),
         };
         let mut row = result.unwrap_or_else(|e| Row {

@@ -1,4 +1,4 @@
-//! The six scenarios. Each builds its own world, injects its faults during a burst, waits until
+//! Six of the scenarios (`forged-deploys` is in `forged.rs`). Each builds its own world, injects its faults during a burst, waits until
 //! everything that went in has come out (or a limit passed), stops the services with SIGTERM and
 //! checks the result:
 //! - a push is lost when no image-built event names its commit and its build was not cancelled
@@ -26,12 +26,12 @@ use crate::{
     Rng, Row, Scale,
 };
 
-const READY: Duration = Duration::from_secs(60);
-const PUSH_LIMIT: Duration = Duration::from_secs(180);
+pub(crate) const READY: Duration = Duration::from_secs(60);
+pub(crate) const PUSH_LIMIT: Duration = Duration::from_secs(180);
 /// How long the pushes to `repos` may take to drain once they are all in: a few seconds a build
 /// on two cores, and a floor for the slowest machine. A build stuck for good fails the run
 /// within minutes at bounded scale instead of holding CI for half an hour.
-fn drain(repos: &[AppRepo]) -> Duration {
+pub(crate) fn drain(repos: &[AppRepo]) -> Duration {
     let pushes: usize = repos.iter().map(|r| r.pushed.len()).sum();
     Duration::from_secs(300 + 4 * pushes as u64)
 }
@@ -39,7 +39,7 @@ fn drain(repos: &[AppRepo]) -> Duration {
 type Shared = Arc<Mutex<Replicas>>;
 
 /// Waits until every replica answers `/readyz`; the error says which did not, and shows its log.
-async fn wait_ready(http: &reqwest::Client, replicas: &mut Replicas) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(http: &reqwest::Client, replicas: &mut Replicas) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY;
     for (i, url) in replicas.urls().iter().enumerate() {
         loop {
@@ -104,7 +104,7 @@ fn finished(state: &str) -> bool {
 }
 
 /// Waits until every pushed commit has a finished build record (or `limit` passed).
-async fn wait_builds_finished(world: &World, repos: &[AppRepo], urls: &[String], limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_builds_finished(world: &World, repos: &[AppRepo], urls: &[String], limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let records = world.builds(urls).await;
@@ -132,7 +132,7 @@ async fn wait_builds_finished(world: &World, repos: &[AppRepo], urls: &[String],
 
 /// Checks the ci side: one event per push (or a superseded build), each app deployed at its
 /// newest push.
-async fn check_pushes(world: &World, repos: &[AppRepo], urls: &[String], row: &mut Row) {
+pub(crate) async fn check_pushes(world: &World, repos: &[AppRepo], urls: &[String], row: &mut Row) {
     let mut per_commit: HashMap<String, usize> = HashMap::new();
     for (_, e) in world.events().await {
         if e.deploy.is_none() {
@@ -194,7 +194,7 @@ fn check_tags(world: &World, apps: &[String], rounds: usize, row: &mut Row) {
 
 /// No event committed to the manifest twice. When one is, the manifest history and the
 /// cd-service logs are kept for a look (their paths are in the notes).
-fn check_commits(world: &World, row: &mut Row) {
+pub(crate) fn check_commits(world: &World, row: &mut Row) {
     let ids = world.committed_event_ids();
     let mut seen = HashSet::new();
     let mut twice = Vec::new();
@@ -228,7 +228,7 @@ fn check_commits(world: &World, row: &mut Row) {
     }
 }
 
-fn count_crashes(row: &mut Row, replicas: &mut [&mut Replicas]) {
+pub(crate) fn count_crashes(row: &mut Row, replicas: &mut [&mut Replicas]) {
     for r in replicas.iter_mut() {
         r.stop_all();
         for c in &r.crashes {
@@ -238,7 +238,7 @@ fn count_crashes(row: &mut Row, replicas: &mut [&mut Replicas]) {
     }
 }
 
-fn apps(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn apps(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
 

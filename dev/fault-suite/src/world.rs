@@ -123,6 +123,17 @@ impl World {
         AppRepo { app: app.to_string(), bare, work, pushed: Vec::new() }
     }
 
+    /// A bare repository `<app>.git` holding a hostile app (`dev/fault-suite/fixtures/hostile-app`)
+    /// whose build, test and smoke steps try to connect to each `(name, host, port)` of `targets`.
+    pub fn hostile_repo(&self, app: &str, targets: &[(&str, String, u16)]) -> AppRepo {
+        let bare = BareRepo::create(self.path().join(format!("git/{app}.git")));
+        let work = WorkClone::init(self.path().join(format!("work/{app}")), &bare);
+        copy_tree(&repo_root().join("dev/fault-suite/fixtures/hostile-app"), &work.path);
+        let lines: String = targets.iter().map(|(name, host, port)| format!("{name} {host} {port}\n")).collect();
+        work.write("targets", &lines);
+        AppRepo { app: app.to_string(), bare, work, pushed: Vec::new() }
+    }
+
     /// Commits a change to `repo` and pushes it to the bare repository; returns the commit.
     pub fn commit_and_push(repo: &mut AppRepo, n: usize) -> String {
         repo.work.write("VERSION", &format!("{n}\n"));
