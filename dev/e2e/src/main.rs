@@ -20,6 +20,13 @@ async fn main() -> anyhow::Result<()> {
     println!("  ci-service    {}", stack.ci_url);
     println!("  app repo      {}  (post-receive hook -> ci-service)", stack.app_repo.url());
     println!("  manifest repo {}  (cd-service commits here)", stack.manifest_repo.url());
+    println!("  security      on: NATS users conveyor-ci / conveyor-cd with their own permissions (anonymous clients refused),");
+    println!(
+        "                image-built events signed by ci-service (key {}), promotions by cd-service (key {}),",
+        stack.nats.keys.ci_signer().key_id(),
+        stack.nats.keys.cd_signer().key_id()
+    );
+    println!("                POST /promote and /replay need the API token, builds run with no network (smoke probed in its namespace)");
     let manifest_before = stack.manifest_repo.head("main").context("manifest repo has main")?;
 
     say("1. git push of examples/flask-app");
