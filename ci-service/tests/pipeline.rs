@@ -133,9 +133,13 @@ async fn broken_dockerfile_pipeline_file_or_unknown_commit_fail_with_the_reason(
 async fn tag_pushes_build_a_tag_named_image_and_skips_are_recorded() {
     TestDocker::ensure(&[BUSYBOX_IMAGE]);
     let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
-    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let (bare, work, commit) = app_repo(dir.path(), &[(".conveyor.yml", "image: team/busybox\nbranches: [main, \"release/*\"]\n")]);
+    // A custom image name is granted to the repository in the secrets file.
+    let secrets = dir.path().join("secrets.yaml");
+    let entry = format!("repos:\n  {}:\n    secrets: [{}]\n    images: [team/busybox]\n", bare.url(), common::SECRET);
+    std::fs::write(&secrets, entry).unwrap();
+    let ci = Ci::start(&nats, &registry.addr, |c| c.webhook_secrets_file = Some(secrets)).await;
 
     work.push_tag("v1.2.0");
     let build = ci.wait_finished(ci.push_commit(&bare, "refs/tags/v1.2.0", &commit).await).await;

@@ -102,8 +102,9 @@ async fn each_service_user_may_do_only_its_own_part() {
 #[test]
 fn the_kubernetes_configmap_carries_the_same_users_and_permissions() {
     let text = std::fs::read_to_string(conveyor_testkit::repo_root().join("k8s-manifests/conveyor/nats.yaml")).unwrap();
+    use serde::Deserialize;
     let docs: Vec<serde_norway::Value> =
-        text.split("\n---\n").filter(|d| !d.trim().is_empty()).map(|d| serde_norway::from_str(d).expect("valid YAML")).collect();
+        serde_norway::Deserializer::from_str(&text).map(|d| serde_norway::Value::deserialize(d).expect("valid YAML")).collect();
     let config_map = docs
         .iter()
         .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "nats-config")

@@ -126,16 +126,21 @@ impl WorkClone {
         run(git(&self.path).args(["pull", "-q", "--rebase", "origin", "main"]));
     }
 
-    /// `git push origin main`, rebasing on what others pushed meanwhile, up to `tries` times.
+    /// `git push origin main`, rebasing on what others pushed meanwhile, up to `tries` times, as
+    /// a person would: a little longer between tries each time (10 ms, 20 ms … at most 200 ms),
+    /// so a writer that commits every few milliseconds does not win every race.
     pub fn push_rebasing(&self, tries: usize) {
-        for _ in 0..tries {
+        let mut refused = String::new();
+        for i in 0..tries {
             let out = git(&self.path).args(["push", "-q", "origin", "main"]).output().expect("git push");
             if out.status.success() {
                 return;
             }
+            refused = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis((10 * (i as u64 + 1)).min(200)));
             run(git(&self.path).args(["pull", "-q", "--rebase", "origin", "main"]));
         }
-        panic!("push still rejected after {tries} tries");
+        panic!("push still rejected after {tries} tries; the last refusal:\n{refused}");
     }
 
     /// `git push origin main`; returns git's output (hooks print to stderr).
