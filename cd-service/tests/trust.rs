@@ -254,3 +254,50 @@ async fn oversized_fields_and_events_are_dead_lettered_even_when_signed() {
     assert!(reasons[1].contains("more than the 65536 allowed"), "{reasons:#?}");
     assert!(reasons[2].contains("`event_id` contains a control character"), "{reasons:#?}");
 }
+
+/// A stream and durable consumer made by the version before promotions had their own subject
+/// (`conveyor.images.built.>` only) are upgraded at start: the stream takes the deploy subject,
+/// the consumer is made again from its ack floor (nothing it acked is applied again, nothing
+/// pending is lost), and promotions then flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_and_consumer_of_the_previous_version_are_upgraded_in_place() {
+    use async_nats::jetstream::consumer::pull;
+    use futures::StreamExt;
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
+    let js = nats.jetstream().await;
+    let mut old = conveyor_proto::stream::events_stream_config(100_000, std::time::Duration::ZERO);
+    old.subjects = vec![conveyor_proto::EVENTS_SUBJECT_WILDCARD.into()];
+    let stream = js.create_stream(old).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("cd-service".into()),
+            filter_subject: conveyor_proto::EVENTS_SUBJECT_WILDCARD.into(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The old cd-service applied and acked v1; v2 was still pending when it stopped.
+    nats.publish_event(&build("v1", 1)).await;
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    batch.next().await.unwrap().unwrap().double_ack().await.unwrap();
+    let pending = nats.publish_event(&build("v2", 2)).await;
+    let commits = bare.count("main");
+
+    let cd = start_cd(&nats, &bare.url()).await;
+    applied(&nats, pending).await;
+    let info = js.get_stream(EVENTS_STREAM).await.unwrap().info().await.unwrap().config.clone();
+    assert_eq!(info.subjects, [conveyor_proto::EVENTS_CONSUMER_FILTER], "the stream took the deploy subject");
+    let mut c = js.get_stream(EVENTS_STREAM).await.unwrap().get_consumer::<pull::Config>("cd-service").await.unwrap();
+    assert_eq!(c.info().await.unwrap().config.filter_subject, conveyor_proto::EVENTS_CONSUMER_FILTER);
+    assert_eq!(tag_in(&bare, "staging"), "v2");
+    assert_eq!(bare.count("main"), commits + 1, "only the pending event was applied; the acked one was not again");
+    let (status, body) =
+        post(&cd, "/promote", Some(API_TOKEN), json!({"app": "web", "environment": "production", "tag": "v2", "requested_by": "ops"}))
+            .await;
+    assert_eq!(status, 202, "{body}");
+    applied(&nats, body["sequence"].as_u64().unwrap()).await;
+    assert_eq!(tag_in(&bare, "production"), "v2");
+}

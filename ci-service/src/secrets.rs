@@ -88,6 +88,13 @@ pub struct Proof {
     unsigned: bool,
 }
 
+impl Proof {
+    /// True when the request carried no signature (accepted only for repositories without one).
+    pub fn is_unsigned(&self) -> bool {
+        self.unsigned
+    }
+}
+
 /// Which secrets sign the webhooks of which repository, and what each repository may build.
 #[derive(Debug, Default)]
 pub struct WebhookSecrets {

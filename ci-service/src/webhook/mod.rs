@@ -175,6 +175,8 @@ pub(crate) fn prove(secrets: &WebhookSecrets, credential: Credential<'_>) -> Res
 pub(crate) fn authenticate(secrets: &WebhookSecrets, proof: &Proof, names: &[&str]) -> Result<(), IntakeError> {
     if secrets.proves(proof, names) {
         Ok(())
+    } else if proof.is_unsigned() {
+        Err(IntakeError::Unauthorized(format!("missing signature header for repository {}", names[0])))
     } else if secrets.for_repo(names).is_empty() {
         Err(IntakeError::Unauthorized(format!("repository {} has no webhook secret and sent a signed webhook", names[0])))
     } else {
