@@ -105,9 +105,7 @@ async fn outcomes_handler(State(state): State<Arc<HttpState>>, Query(q): Query<O
     Json(state.recent.list(q.limit.unwrap_or(100).min(1000), q.outcome.as_deref())).into_response()
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": code, "message": message.into() }))).into_response()
-}
+use conveyor_http::error;
 
 /// Runs a request that publishes a deploy in a server span (continuing an incoming
 /// `traceparent`) and records its answer there.

@@ -140,7 +140,7 @@ impl Service {
             consuming: consuming.clone(),
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(self.listener, http::router(state)).with_graceful_shutdown(async {
+        let server = conveyor_http::serve(self.listener, http::router(state), async {
             let _ = http_stopped.await;
         });
         let server = tokio::spawn(async move {

@@ -166,6 +166,10 @@ async fn promote_and_replay_need_the_api_token_and_a_refusal_changes_nothing() {
     let wrong_method = reqwest::get(format!("http://{}/promote", cd.http)).await.unwrap();
     assert_eq!(wrong_method.status().as_u16(), 405);
     assert_eq!(wrong_method.json::<Value>().await.unwrap()["error"], "method_not_allowed");
+    let huge = reqwest::Client::new().post(format!("http://{}/promote", cd.http)).header("x-filler", "a".repeat(100 * 1024));
+    let huge = huge.bearer_auth(API_TOKEN).json(&promote).send().await.unwrap();
+    assert_eq!(huge.status().as_u16(), 431);
+    assert_eq!(huge.json::<Value>().await.unwrap()["error"], "headers_too_large");
 
     // With the token, the same promotion goes through.
     let (status, body) = post(&cd, "/promote", Some(API_TOKEN), promote.clone()).await;

@@ -194,7 +194,7 @@ impl App {
         let workers = consumer.map(|c| worker::AbortOnDrop(tokio::spawn(worker::run(state.clone(), c, stopped.clone()))));
         let _notices = worker::AbortOnDrop(tokio::spawn(worker::control(state.clone(), control)));
         tracing::info!(addr = %listener.local_addr()?, replica = %state.replica, workers = state.config.workers, "ci-service listening");
-        let result = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(shutdown).await;
+        let result = conveyor_http::serve(listener, http::router(state.clone()), shutdown).await;
         let _ = stop.send(true);
         if let Some(mut w) = workers {
             let _ = (&mut w.0).await;

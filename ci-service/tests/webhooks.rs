@@ -249,6 +249,15 @@ async fn generic_push_bad_requests_and_the_same_commit_pushed_twice() {
     assert_eq!(resp.status().as_u16(), 405);
     let body: Value = resp.json().await.unwrap();
     assert_error(405, &body, 405, "method_not_allowed");
+    // Headers over the limit: answered by the router, in the same shape, before any body is read.
+    let mut many = reqwest::Client::new().post(ci.url("/hooks/push")).header("content-type", "application/json");
+    for i in 0..150 {
+        many = many.header(format!("x-filler-{i}"), "x");
+    }
+    let resp = many.body("{}").send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 431);
+    let body: Value = resp.json().await.unwrap();
+    assert_error(431, &body, 431, "headers_too_large");
     assert_eq!(ci.builds().await.len(), 1, "none of the refused requests queued anything");
     assert_eq!(reqwest::get(ci.url("/healthz")).await.unwrap().status().as_u16(), 200, "still serving");
 }

@@ -250,7 +250,11 @@ pub async fn ci_kill9(scale: &Scale, mut rng: Rng) -> anyhow::Result<Row> {
     let names = apps("app", scale.ci_apps);
     let world = World::new(&names).await?;
     // Every push is built (no cancelling of superseded builds), so that kills land in builds.
-    let mut ci = world.start_ci_with(3, 2, &[("CONVEYOR_CANCEL_SUPERSEDED", "false")]);
+    // A SIGKILL every 1-4 s across three replicas can hit one build in each of the 5 deliveries
+    // `--max-deliver` allows by default (seen on a loaded machine: the build is then given up,
+    // see the README's "Not yet"); the scenario is about surviving kills, so it allows more.
+    let extra = [("CONVEYOR_CANCEL_SUPERSEDED", "false"), ("CONVEYOR_MAX_DELIVER", "30")];
+    let mut ci = world.start_ci_with(3, 2, &extra);
     let mut cd = world.start_cd(2);
     let ci_urls = ci.urls();
     wait_ready(&world.http, &mut ci).await?;
