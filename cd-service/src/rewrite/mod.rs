@@ -6,6 +6,7 @@
 
 pub mod env;
 pub mod line;
+pub mod plain;
 pub mod verify;
 pub mod yaml;
 

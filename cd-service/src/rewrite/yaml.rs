@@ -10,14 +10,15 @@
 //!   carries the tag).
 //!
 //! A `conveyor:pin` comment on a reference (or its tag line) stops it from being updated.
-//! Only the bytes of a value change; a plain tag YAML would read as a number or boolean
-//! (`1.10`, `true`) is written quoted.
+//! Only the bytes of a value change; a plain tag that a YAML 1.1 or 1.2 loader would read as
+//! anything but a string (`1.10`, `012345678901`, `1e3`, `yes`, `2026-12-02`; see
+//! [`super::plain`]) is written quoted, with the quote character the file itself uses most.
 
 use std::collections::BTreeMap;
 
 use super::{
     line::{block_scalar_lines, mapping_of, parse, KeyLine, Span},
-    FileRewrite, Target,
+    plain, FileRewrite, Target,
 };
 
 /// Rewrites the references to `target` in one YAML file.
@@ -28,6 +29,7 @@ pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewr
     // Text inside block scalars is never a reference, whatever it looks like.
     let mut consumed = block_scalar_lines(&lines);
     let pinned = |k: &KeyLine<'_>| k.comment.is_some_and(|c| c.contains("conveyor:pin"));
+    let quote = quote_style(&lines);
 
     // Helm values with configured key paths: the tag at `tag_path` where `repository_path` holds
     // the image's repository.
@@ -42,7 +44,7 @@ pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewr
                 if pinned(&r) || pinned(&t) {
                     out.pinned.push(ti + 1);
                 } else if let Some(span) = t.value {
-                    edits.insert(ti, (span, scalar(target.tag, span)));
+                    edits.insert(ti, (span, scalar(target.tag, span, quote)));
                 }
             }
         }
@@ -69,7 +71,7 @@ pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewr
             }
             let new = match field {
                 PolicyField::Full => full_ref(old, target),
-                PolicyField::Tag => scalar(target.tag, span),
+                PolicyField::Tag => scalar(target.tag, span, quote),
                 PolicyField::Name => continue,
             };
             edits.insert(idx, (span, new));
@@ -96,7 +98,7 @@ pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewr
             }
             if let Some((i, t)) = tag_line {
                 if let Some(span) = t.value {
-                    edits.insert(*i, (span, scalar(target.tag, span)));
+                    edits.insert(*i, (span, scalar(target.tag, span, quote)));
                 }
             }
             if let Some((i, d)) = digest_line {
@@ -203,12 +205,23 @@ fn key_paths(lines: &[&str], skip: &[bool]) -> Vec<Option<String>> {
         .collect()
 }
 
-/// A tag written into a value: a plain scalar YAML would not read as that string gets quotes.
-fn scalar(tag: &str, span: Span) -> String {
-    if span.quote.is_some() || reads_as_string(tag) {
+/// A tag written into a value: a plain scalar some YAML loader would not read as that string
+/// gets quotes, in the file's style (`quote`).
+fn scalar(tag: &str, span: Span, quote: char) -> String {
+    if span.quote.is_some() || (!plain::misread(tag) && reads_as_string(tag)) {
         tag.to_string()
     } else {
-        format!("\"{tag}\"")
+        format!("{quote}{tag}{quote}")
+    }
+}
+
+/// The quote character the file's quoted values use most (`"` when it has none).
+fn quote_style(lines: &[&str]) -> char {
+    let count = |q: char| lines.iter().filter(|l| l.contains(&format!(": {q}")) || l.trim_start().starts_with(&format!("- {q}"))).count();
+    if count('\'') > count('"') {
+        '\''
+    } else {
+        '"'
     }
 }
 
@@ -340,6 +353,23 @@ mod tests {
         let t = Target { tag: "1.10", ..T };
         let text = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0.0\n";
         assert_eq!(rewrite(text, &t, false).text, "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: \"1.10\"\n");
+    }
+
+    /// The outage: an all-digit short SHA with a leading zero written plain is an integer to
+    /// kustomize (YAML 1.2), which then refuses `newTag`. Every misread form is quoted, in the
+    /// file's own quote style; a tag every loader reads as a string stays plain.
+    #[test]
+    fn tags_any_yaml_loader_would_misread_are_quoted_in_the_files_style() {
+        let k = "images:\n  - name: 127.0.0.1:5000/flask-app\n    newTag: old\n";
+        for tag in ["012345678901", "123456789012", "1e3", "0x1f", "yes", "off", "2026-12-02", "1_000"] {
+            let t = Target { tag, ..T };
+            assert_eq!(rewrite(k, &t, true).text, k.replace("newTag: old", &format!("newTag: \"{tag}\"")), "{tag}");
+        }
+        let single = "labels:\n  team: 'web'\nimages:\n  - name: 127.0.0.1:5000/flask-app\n    newTag: old\n";
+        let t = Target { tag: "012345678901", ..T };
+        assert_eq!(rewrite(single, &t, true).text, single.replace("newTag: old", "newTag: '012345678901'"), "the file quotes with '");
+        let t = Target { tag: "0a1b2c3d4e5f", ..T };
+        assert_eq!(rewrite(k, &t, true).text, k.replace("newTag: old", "newTag: 0a1b2c3d4e5f"), "a string to every loader");
     }
 
     #[test]

@@ -150,3 +150,38 @@ fn broken_manifests_are_refused_with_the_field_or_path_named() {
         "{text}"
     );
 }
+
+/// The outage behind issue 14: a short SHA of digits with a leading zero, written plain, is an
+/// integer to kustomize (YAML 1.2), which then refuses the overlay. cd-service's rewrite quotes
+/// it, and the real kustomize renders the new image.
+#[test]
+fn a_tag_kustomize_would_read_as_a_number_is_written_so_that_it_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&repo_root().join("k8s-manifests/apps/flask-app"), &dir.path().join("flask-app"));
+    let overlay = dir.path().join("flask-app/overlays/staging");
+    let file = overlay.join("kustomization.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("newTag: initial"), "{text}");
+
+    // Control: written plain, kustomize refuses it.
+    std::fs::write(&file, text.replace("newTag: initial", "newTag: 012345678901")).unwrap();
+    let refused = kustomize_build(&overlay).err().expect("kustomize refuses a numeric newTag");
+    assert!(refused.to_string().contains("newTag") || refused.to_string().contains("number"), "{refused}");
+
+    for tag in ["012345678901", "123456789012", "1e3", "yes"] {
+        let target = cd_service::rewrite::Target {
+            app: "flask-app",
+            repository: "127.0.0.1:5000/flask-app",
+            tag,
+            digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            pin_digest: false,
+            helm: None,
+        };
+        let rewritten = cd_service::rewrite::yaml::rewrite(&text, &target, true);
+        std::fs::write(&file, &rewritten.text).unwrap();
+        let docs = kustomize_build(&overlay).unwrap_or_else(|e| panic!("{tag}: {e}\n{}", rewritten.text));
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+        let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+        assert_eq!(image, format!("127.0.0.1:5000/flask-app:{tag}"), "{}", rewritten.text);
+    }
+}
