@@ -164,9 +164,9 @@ async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str, span: &mut R
 /// Checks `Authorization: Bearer <token>` when the service has an API token.
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &state.config.api_token else { return Ok(()) };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(conveyor_proto::bearer_token);
     match given {
-        Some(g) if webhook::signature::verify_token(std::slice::from_ref(token), g.trim()) => Ok(()),
+        Some(g) if token.matches(g) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API token does not match")),
         None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs `Authorization: Bearer <API token>`")),
     }

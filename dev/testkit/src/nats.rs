@@ -47,6 +47,9 @@ pub struct Keys {
     /// cd-service's private key and its public half.
     pub cd_key: PathBuf,
     pub cd_pub: PathBuf,
+    /// The same keys, read once.
+    ci: EventSigner,
+    cd: EventSigner,
 }
 
 impl Keys {
@@ -60,17 +63,19 @@ impl Keys {
         };
         let (ci_key, ci_pub) = pair("ci");
         let (cd_key, cd_pub) = pair("cd");
-        Self { ci_key, ci_pub, cd_key, cd_pub }
+        let read = |path: &Path| EventSigner::from_pem(&std::fs::read_to_string(path).expect("key file")).expect("openssl's key parses");
+        let (ci, cd) = (read(&ci_key), read(&cd_key));
+        Self { ci_key, ci_pub, cd_key, cd_pub, ci, cd }
     }
 
     /// ci-service's signer (what a test publishes "built" events with).
     pub fn ci_signer(&self) -> EventSigner {
-        EventSigner::from_pem(&std::fs::read_to_string(&self.ci_key).expect("ci key")).expect("ci key parses")
+        self.ci.clone()
     }
 
     /// cd-service's signer (for promotions and replays a test publishes itself).
     pub fn cd_signer(&self) -> EventSigner {
-        EventSigner::from_pem(&std::fs::read_to_string(&self.cd_key).expect("cd key")).expect("cd key parses")
+        self.cd.clone()
     }
 }
 
