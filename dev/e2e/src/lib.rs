@@ -41,6 +41,23 @@ pub fn kustomize_build(dir: &Path) -> anyhow::Result<Vec<serde_norway::Value>> {
     Ok(docs)
 }
 
+/// The tag a kustomization's first `images:` entry sets, as a YAML loader reads it. cd-service
+/// quotes a tag that would otherwise read as a number, bool or date (a commit prefix such as
+/// `891753e98625` is a float to YAML), so tests compare values, not the text of the line.
+pub fn new_tag(kustomization: &str) -> String {
+    let doc: serde_norway::Value = serde_norway::from_str(kustomization).expect("the kustomization is YAML");
+    match &doc["images"][0]["newTag"] {
+        serde_norway::Value::String(tag) => tag.clone(),
+        other => panic!("newTag is not a string but {other:?}:\n{kustomization}"),
+    }
+}
+
+/// `text` with every quoted `tag` (`"tag"` or `'tag'`) written plain, for comparing a rewrite or
+/// a diff with the plain form whatever quoting cd-service chose for this tag.
+pub fn unquote_tag(text: &str, tag: &str) -> String {
+    text.replace(&format!("\"{tag}\""), tag).replace(&format!("'{tag}'"), tag)
+}
+
 /// Where the `ci-service` and `cd-service` binaries are: `CONVEYOR_BIN_DIR`, or the cargo
 /// target directory this executable runs from (`cargo test --workspace` and `cargo build`
 /// build them there).
@@ -324,5 +341,24 @@ impl Stack {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quoted_numeric_tag_reads_as_the_tag_and_compares_plain() {
+        let text = "images:\n  - name: app\n    newTag: \"891753e98625\"\n";
+        assert_eq!(new_tag(text), "891753e98625");
+        assert_eq!(unquote_tag(text, "891753e98625"), "images:\n  - name: app\n    newTag: 891753e98625\n");
+        assert_eq!(new_tag("images:\n  - newTag: 'a109a51f6da0'\n"), "a109a51f6da0");
+    }
+
+    #[test]
+    #[should_panic(expected = "newTag is not a string")]
+    fn a_plain_numeric_tag_is_caught() {
+        new_tag("images:\n  - newTag: 123456789012\n");
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use conveyor_e2e::{Stack, APP, PRODUCTION, STAGING};
+use conveyor_e2e::{new_tag, unquote_tag, Stack, APP, PRODUCTION, STAGING};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
 
 const BUILD_LIMIT: Duration = Duration::from_secs(600);
@@ -38,9 +38,9 @@ async fn git_push_of_the_flask_app_ends_as_a_manifest_commit_with_the_new_tag() 
 
     let head = stack.wait_manifest_commit(&before, Duration::from_secs(60)).await.unwrap();
     let staging = stack.manifest_repo.show(&head, STAGING);
-    assert!(staging.contains(&format!("    newTag: {tag}\n")), "staging's overlay has the new tag:\n{staging}");
+    assert_eq!(new_tag(&staging), tag, "staging's overlay has the new tag:\n{staging}");
     let original = stack.manifest_repo.show(&before, STAGING);
-    assert_eq!(staging, original.replace("newTag: initial", &format!("newTag: {tag}")), "only the tag changed");
+    assert_eq!(unquote_tag(&staging, tag), original.replace("newTag: initial", &format!("newTag: {tag}")), "only the tag changed");
     assert_eq!(
         stack.manifest_repo.show(&head, PRODUCTION),
         stack.manifest_repo.show(&before, PRODUCTION),

@@ -177,7 +177,7 @@ fn a_tag_kustomize_would_read_as_a_number_is_written_so_that_it_builds() {
             pin_digest: false,
             helm: None,
         };
-        let rewritten = cd_service::rewrite::yaml::rewrite(&text, &target, true);
+        let rewritten = cd_service::rewrite::yaml::rewrite(&text, &target).unwrap();
         std::fs::write(&file, &rewritten.text).unwrap();
         let docs = kustomize_build(&overlay).unwrap_or_else(|e| panic!("{tag}: {e}\n{}", rewritten.text));
         let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");

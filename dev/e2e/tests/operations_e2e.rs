@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use conveyor_e2e::{Stack, STAGING};
+use conveyor_e2e::{new_tag, Stack, STAGING};
 use conveyor_proto::{ImageBuilt, EVENTS_STREAM};
 use serde_json::Value;
 
@@ -35,7 +35,7 @@ async fn both_services_carry_on_after_a_nats_restart() {
     assert_eq!(build["state"], "succeeded", "{build}");
     let head = stack.wait_manifest_commit(&after_first, Duration::from_secs(60)).await.unwrap();
     let staging = stack.manifest_repo.show(&head, STAGING);
-    assert!(staging.contains(&format!("newTag: {}", &second[..12])), "cd-service applied the event after the restart:\n{staging}");
+    assert_eq!(new_tag(&staging), second[..12], "cd-service applied the event after the restart:\n{staging}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,7 +69,7 @@ async fn sigterm_lets_the_running_build_finish_before_ci_service_exits() {
     assert_eq!(events.len(), 1, "the running build published before the process exited:\n{log}");
     assert_eq!(ImageBuilt::from_json(&events[0].1).unwrap().source.commit, commit);
     let head = stack.wait_manifest_commit(&before, Duration::from_secs(60)).await.unwrap();
-    assert!(stack.manifest_repo.show(&head, STAGING).contains(&format!("newTag: {}", &commit[..12])));
+    assert_eq!(new_tag(&stack.manifest_repo.show(&head, STAGING)), commit[..12]);
 
     let status = stack.terminate("cd-service", Duration::from_secs(30)).unwrap();
     assert!(status.success(), "cd-service exits 0 after SIGTERM: {status:?}");

@@ -4,14 +4,12 @@
 
 use std::time::Duration;
 
-use conveyor_e2e::{Stack, APP, STAGING};
+use conveyor_e2e::{new_tag, unquote_tag, Stack, APP, STAGING};
 
 const LIMIT: Duration = Duration::from_secs(600);
 
 fn deployed(stack: &Stack) -> String {
-    let text = stack.manifest_repo.show("main", STAGING);
-    let line = text.lines().find(|l| l.trim_start().starts_with("newTag:")).expect("a newTag line");
-    line.rsplit(':').next().unwrap().trim().to_string()
+    new_tag(&stack.manifest_repo.show("main", STAGING))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -34,7 +32,7 @@ async fn three_builds_a_rollback_to_the_first_and_a_redeploy_of_the_third() {
 
     // Roll back to the first build by tag.
     let (ok, out, err) = stack.conveyor(&["replay", APP, "--env", "staging", "--tag", &tags[0], "--dry-run"]);
-    assert!(ok && out.contains(&format!("+    newTag: {}", tags[0])), "{out}{err}");
+    assert!(ok && unquote_tag(&out, &tags[0]).contains(&format!("+    newTag: {}", tags[0])), "{out}{err}");
     println!("$ conveyor replay {APP} --env staging --tag {} --dry-run\n{out}", tags[0]);
     let (ok, out, err) = stack.conveyor(&["replay", APP, "--env", "staging", "--tag", &tags[0]]);
     assert!(ok, "{err}");
