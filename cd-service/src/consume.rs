@@ -69,7 +69,14 @@ pub struct Consumer {
 /// What happened to one message (logged, and listed by `GET /outcomes`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Committed { commit: String },
+    Committed {
+        commit: String,
+    },
+    /// Committed for some environments, refused for others; also dead-lettered with the reason.
+    Partial {
+        commit: String,
+        reason: String,
+    },
     AlreadyCurrent,
     Pinned(String),
     Stale(String),
@@ -82,6 +89,7 @@ impl Outcome {
     fn parts(&self) -> (&'static str, Option<String>, Option<String>) {
         match self {
             Outcome::Committed { commit } => ("committed", None, Some(commit.clone())),
+            Outcome::Partial { commit, reason } => ("partial", Some(reason.clone()), Some(commit.clone())),
             Outcome::AlreadyCurrent => ("already_current", None, None),
             Outcome::Pinned(d) => ("pinned", Some(d.clone()), None),
             Outcome::Stale(d) => ("stale", Some(d.clone()), None),
@@ -99,7 +107,7 @@ fn record(seen: &Seen, span: &tracing::Span, msg: &Message, event: Option<&Image
     if let Some(c) = &commit {
         span.record("conveyor.manifest.commit", c.as_str());
     }
-    if matches!(outcome, Outcome::DeadLettered(_) | Outcome::Retry(_)) {
+    if matches!(outcome, Outcome::DeadLettered(_) | Outcome::Retry(_) | Outcome::Partial { .. }) {
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_description", detail.as_deref().unwrap_or(name));
     }
@@ -389,6 +397,15 @@ async fn settle(js: &jetstream::Context, msg: &Message, event: &ImageBuilt, verd
         Verdict::Refused(reason) => {
             tracing::error!(%image, %reason, "dead-lettered");
             dead_letter(js, msg, &reason).await
+        }
+        Verdict::Partial { applied, refused } => {
+            let commit = commit.expect("a partly applied event is in the batch's commit").to_string();
+            let reason = format!("partly deployed: applied to {} in {commit}; refused for {refused}", applied.join(", "));
+            tracing::error!(%image, %reason, "partly deployed: dead-lettered with what was left behind");
+            match dead_letter(js, msg, &reason).await {
+                Outcome::DeadLettered(_) => Outcome::Partial { commit, reason },
+                other => other,
+            }
         }
     }
 }

@@ -100,8 +100,12 @@ pub enum Verdict {
     NoReference,
     /// Every environment of the app is held (manual policy, or pinned in conveyor.yaml).
     Held(Vec<String>),
-    /// The rewrite was refused (it would have changed more than the image values).
+    /// The rewrite was refused (it would have changed more than the image values, or a
+    /// reference to the image could not be rewritten): nothing was written for it.
     Refused(String),
+    /// Applied to the environments in `applied` (their changes are in the commit) and refused
+    /// in others, with the reasons: not a success, and reported as such.
+    Partial { applied: Vec<String>, refused: String },
 }
 
 impl Verdict {
@@ -115,6 +119,7 @@ impl Verdict {
             Verdict::NoReference => "no_reference",
             Verdict::Held(_) => "held",
             Verdict::Refused(_) => "refused",
+            Verdict::Partial { .. } => "partial",
         }
     }
 }
@@ -245,7 +250,7 @@ impl ManifestRepo {
                 };
                 let explicit = event.deploy.is_some();
                 let (mut references, mut pinned, mut held, mut stale, mut refused, mut applied) =
-                    (0, Vec::new(), Vec::new(), None, None, false);
+                    (0, Vec::new(), Vec::new(), None, Vec::<String>::new(), Vec::<String>::new());
                 for placement in placements {
                     if let Some(why) = placement.held {
                         tracing::info!(app = %event.app, env = %placement.env, %why, "not deployed to this environment");
@@ -262,10 +267,10 @@ impl ManifestRepo {
                     let target = target_of(event, &placement);
                     let rewrite = match rewrite::rewrite_scope(root, &placement.scope, &target) {
                         Ok(r) => r,
-                        Err(e @ rewrite::RewriteError::Verify { .. }) => {
+                        Err(e @ (rewrite::RewriteError::Verify { .. } | rewrite::RewriteError::LeftBehind { .. })) => {
                             // Logged here because another environment of the same event may still apply.
                             tracing::error!(app = %event.app, env = %placement.env, reason = %e, "rewrite refused: left this environment unchanged");
-                            refused = Some(e.to_string());
+                            refused.push(format!("{}: {e}", placement.env));
                             continue;
                         }
                         Err(e) => return Err(e.into()),
@@ -277,24 +282,25 @@ impl ManifestRepo {
                     pinned.extend(rewrite.pinned);
                     if !rewrite.changes.is_empty() {
                         deployed.insert(key, event.build_started_at);
-                        let entry = per_env.entry(placement.env).or_default();
+                        let entry = per_env.entry(placement.env.clone()).or_default();
                         entry.0.push(index);
                         entry.1.extend(rewrite.changes.iter().map(|c| c.path.clone()));
                         changes.extend(rewrite.changes);
-                        applied = true;
+                        applied.push(placement.env.clone());
                     }
                 }
-                let verdict = match (applied, refused, stale) {
-                    (true, _, _) => Verdict::Applied,
-                    (false, Some(reason), _) => Verdict::Refused(reason),
-                    (false, None, Some(deployed_build_started_at)) if references == 0 => Verdict::Stale { deployed_build_started_at },
+                let verdict = match (applied.is_empty(), refused.is_empty(), stale) {
+                    (false, true, _) => Verdict::Applied,
+                    (false, false, _) => Verdict::Partial { applied, refused: refused.join("; ") },
+                    (true, false, _) => Verdict::Refused(refused.join("; ")),
+                    (true, true, Some(deployed_build_started_at)) if references == 0 => Verdict::Stale { deployed_build_started_at },
                     _ if references == 0 && !held.is_empty() => Verdict::Held(held),
                     _ if references == 0 => Verdict::NoReference,
                     _ if !pinned.is_empty() => Verdict::Pinned(pinned),
                     _ => Verdict::AlreadyCurrent,
                 };
                 span.record("conveyor.verdict", verdict.name());
-                if let Verdict::Refused(reason) = &verdict {
+                if let Verdict::Refused(reason) | Verdict::Partial { refused: reason, .. } = &verdict {
                     span.record("otel.status_code", "ERROR");
                     span.record("otel.status_description", reason.as_str());
                 }

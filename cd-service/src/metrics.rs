@@ -31,7 +31,7 @@ impl Default for Metrics {
         let events = Family::<Outcome, Counter>::default();
         registry.register(
             "events",
-            "Image-built events handled, by outcome (committed, already_current, pinned, stale, held, dead_lettered, retry)",
+            "Image-built events handled, by outcome (committed, partial, already_current, pinned, stale, held, dead_lettered, retry)",
             events.clone(),
         );
         let commits_pushed = Counter::default();

@@ -3,7 +3,14 @@
 //! `IMAGE_NAME=`) or sits next to a `repo:${IMAGE_TAG}` template of it. `IMAGE_DIGEST=` is
 //! updated with the tag when present. Quoting, comments and everything else are kept.
 
-use super::{line::Span, FileRewrite, Target};
+use super::{FileRewrite, Target};
+
+/// Byte range of a value within its line (inside the quotes when quoted).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
 
 pub fn is_env_file(name: &str) -> bool {
     name == ".env" || name.ends_with(".env")
@@ -32,12 +39,12 @@ fn parse(line: &str) -> Option<Assign<'_>> {
     let (span, tail) = match rest.as_bytes().first() {
         Some(q @ (b'"' | b'\'')) => {
             let len = rest[1..].find(*q as char)?;
-            (Span { start: vstart + 1, end: vstart + 1 + len, quote: Some(*q) }, &rest[len + 2..])
+            (Span { start: vstart + 1, end: vstart + 1 + len }, &rest[len + 2..])
         }
         _ => {
             let len = rest.find(" #").unwrap_or(rest.len());
             let v = rest[..len].trim_end();
-            (Span { start: vstart, end: vstart + v.len(), quote: None }, &rest[len..])
+            (Span { start: vstart, end: vstart + v.len() }, &rest[len..])
         }
     };
     Some(Assign { key, value: span, pinned: tail.contains("conveyor:pin") })

@@ -4,8 +4,8 @@
 //! the file is not written. Symlinks are never followed, so nothing outside the repository is
 //! read or touched.
 
+pub mod doc;
 pub mod env;
-pub mod line;
 pub mod plain;
 pub mod verify;
 pub mod yaml;
@@ -39,6 +39,8 @@ pub struct FileRewrite {
     pub changes: Vec<(usize, String, String)>,
     /// Whether the file holds a `repo:${IMAGE_TAG}` template of the image.
     pub templates: bool,
+    /// References to the image that cannot be rewritten: (1-based line, why).
+    pub left_behind: Vec<(usize, String)>,
 }
 
 /// What a rewrite of a tree found.
@@ -52,12 +54,38 @@ pub struct TreeRewrite {
     pub changes: Vec<Change>,
 }
 
+/// A reference to the image that the rewrite cannot write, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftBehind {
+    /// Path relative to the repository root, '/'-separated.
+    pub path: String,
+    /// 1-based line (0 when the whole file is meant).
+    pub line: usize,
+    pub why: String,
+}
+
+impl std::fmt::Display for LeftBehind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.path, self.why),
+            line => write!(f, "{}:{line}: {}", self.path, self.why),
+        }
+    }
+}
+
+fn list(left: &[LeftBehind]) -> String {
+    left.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RewriteError {
     #[error("cannot read or write {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("refusing to write {path}: {source}")]
     Verify { path: String, source: verify::VerifyError },
+    /// All or nothing: one reference that cannot be rewritten keeps every file as it is.
+    #[error("{} reference(s) to {repository} cannot be rewritten, so no file was changed: {}", left.len(), list(left))]
+    LeftBehind { repository: String, left: Vec<LeftBehind> },
 }
 
 /// The new value for an image's references.
@@ -115,28 +143,55 @@ pub fn rewrite_scope(root: &Path, scope: &[PathBuf], target: &Target<'_>) -> Res
     let mut result = TreeRewrite::default();
     let mut writes: Vec<(PathBuf, String)> = Vec::new();
     let mut template_dirs: HashSet<PathBuf> = HashSet::new();
+    let mut left: Vec<LeftBehind> = Vec::new();
     let rel = |p: &Path| p.strip_prefix(root).expect("walkdir yields paths under its root").to_string_lossy().replace('\\', "/");
+    let behind = |path: &Path, line: usize, why: String| LeftBehind { path: rel(path), line, why };
+    // Only files that could hold a reference are parsed.
+    let segment = target.repository.rsplit('/').next().unwrap_or(target.repository);
 
     for path in &yaml_files {
-        let Some(text) = read_utf8(path)? else { continue };
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        let kustomization = matches!(name.as_str(), "kustomization.yaml" | "kustomization.yml" | "Kustomization");
-        // The line scan is cheap; only files that mention the image are parsed.
-        let file = yaml::rewrite(&text, target, kustomization);
-        if file.references == 0 {
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                if contains(e.as_bytes(), target.repository.as_bytes()) {
+                    left.push(behind(path, 0, "not UTF-8, and it names the image".into()));
+                } else {
+                    tracing::warn!(path = %rel(path), "skipping a manifest that is not UTF-8");
+                }
+                continue;
+            }
+        };
+        if !(text.contains(segment) || text.contains("$imagepolicy")) {
             continue;
         }
-        let old = match verify::parse_all(&text) {
-            Ok(docs) => docs,
+        let file = match yaml::rewrite(&text, target) {
+            Ok(file) => file,
+            // A Helm or Go template is not YAML until rendered; the values feed it.
+            Err(e) if text.contains(target.repository) && !text.contains("{{") => {
+                left.push(behind(path, e.line, format!("not valid YAML ({}), and it names the image", e.message)));
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(path = %rel(path), error = %e, "skipping a manifest that is not valid YAML");
                 continue;
             }
         };
+        if file.references == 0 {
+            continue;
+        }
+        left.extend(file.left_behind.iter().map(|(line, why)| behind(path, *line, why.clone())));
         if file.templates {
             template_dirs.insert(path.parent().unwrap_or(root).to_path_buf());
         }
         if !file.changes.is_empty() {
+            let old = match verify::parse_all(&text) {
+                Ok(docs) => docs,
+                Err(e) => {
+                    left.push(behind(path, 0, format!("libyaml cannot read it to verify a rewrite ({e})")));
+                    continue;
+                }
+            };
             verify::check(&old, &file.text, &file.changes).map_err(|source| RewriteError::Verify { path: rel(path), source })?;
         }
         collect(&mut result, &mut writes, &rel(path), path, file);
@@ -146,6 +201,9 @@ pub fn rewrite_scope(root: &Path, scope: &[PathBuf], target: &Target<'_>) -> Res
         let next_to_template = template_dirs.contains(path.parent().unwrap_or(root));
         let file = env::rewrite(&text, target, next_to_template);
         collect(&mut result, &mut writes, &rel(path), path, file);
+    }
+    if !left.is_empty() {
+        return Err(RewriteError::LeftBehind { repository: target.repository.to_string(), left });
     }
     for (path, text) in writes {
         std::fs::write(&path, text.as_bytes()).map_err(io_err(&path))?;
@@ -162,6 +220,10 @@ fn read_utf8(path: &Path) -> Result<Option<String>, RewriteError> {
             Ok(None)
         }
     }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn collect(result: &mut TreeRewrite, writes: &mut Vec<(PathBuf, String)>, rel: &str, path: &Path, file: FileRewrite) {
@@ -213,12 +275,27 @@ mod tests {
     }
 
     #[test]
-    fn invalid_yaml_is_skipped_not_edited() {
+    fn invalid_yaml_that_names_the_image_refuses_the_whole_rewrite() {
         let repo = tempfile::tempdir().unwrap();
         let broken = "image: reg/app:old\n  bad: [\n";
+        let good = "image: reg/app:old\n";
         std::fs::write(repo.path().join("broken.yaml"), broken).unwrap();
-        let r = rewrite_tree(repo.path(), &T).unwrap();
-        assert_eq!((r.references, r.changes.len()), (0, 0));
+        std::fs::write(repo.path().join("good.yaml"), good).unwrap();
+        let err = rewrite_tree(repo.path(), &T).unwrap_err();
+        let RewriteError::LeftBehind { left, .. } = &err else { panic!("{err}") };
+        assert_eq!((left[0].path.as_str(), left[0].line), ("broken.yaml", 2), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("1 reference(s) to reg/app cannot be rewritten, so no file was changed: broken.yaml:2: not valid YAML ("),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(repo.path().join("good.yaml")).unwrap(), good, "all or nothing");
         assert_eq!(std::fs::read_to_string(repo.path().join("broken.yaml")).unwrap(), broken);
+
+        // Invalid YAML that does not name the image, and Go templates, are not references.
+        std::fs::write(repo.path().join("broken.yaml"), "other: x\n  bad: [\n").unwrap();
+        std::fs::write(repo.path().join("chart.yaml"), "image: \"reg/app:{{ .Values.tag }}\"\n{{- if .x }}\n").unwrap();
+        let r = rewrite_tree(repo.path(), &T).unwrap();
+        assert_eq!((r.references, r.changes.len()), (1, 1));
     }
 }

@@ -1,177 +1,387 @@
-//! Image references in Kubernetes YAML, in the shapes our users' repositories have:
-//! - `image: repo:tag` fields (Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod; `containers`
-//!   and `initContainers`), a pinned digest kept pinned;
+//! Image references in Kubernetes YAML, found on the parsed document ([`super::doc`]), in the
+//! shapes our users' repositories have, block or flow style, through anchors and merge keys:
+//! - `image: repo:tag` fields of any workload kind (containers, initContainers, CronJob
+//!   templates, CRDs such as Argo Rollouts), a pinned digest kept pinned;
 //! - Helm values: a mapping with `repository` (plus `registry`, if split) and `tag` (and
-//!   `digest`), or `image: repo` with a sibling `tag`;
-//! - kustomize `images:` entries (`name`/`newName`, `newTag`, `digest`) in kustomization files;
+//!   `digest`), `image: repo` with a sibling `tag`, and configured key paths;
+//! - `images:` entries (`name`/`newName`, `newTag`, `digest`): kustomization files, Flux
+//!   `Kustomization` and Argo CD `Application` specs; Argo CD's `kustomize.images` strings
+//!   (`[name=]repo:tag`) and `helm.parameters` (`.argocd-source-<app>.yaml` overrides);
 //! - Flux setter markers (`# {"$imagepolicy": "ns:<app>"}`, `...:tag`), the policy name being
 //!   the app;
 //! - `repo:${IMAGE_TAG}` templates are recognised and left alone (the env file next to them
 //!   carries the tag).
 //!
-//! A `conveyor:pin` comment on a reference (or its tag line) stops it from being updated.
-//! Only the bytes of a value change; a plain tag that a YAML 1.1 or 1.2 loader would read as
-//! anything but a string (`1.10`, `012345678901`, `1e3`, `yes`, `2026-12-02`; see
-//! [`super::plain`]) is written quoted, with the quote character the file itself uses most.
+//! A `conveyor:pin` comment on a reference (or its tag line) stops it from being updated. An
+//! anchored value is rewritten once, where the anchor is; its aliases follow. Any other scalar
+//! that is exactly a reference to the image (`repo:tag` or `repo@digest`) under a key none of
+//! these shapes covers is reported as left behind, never silently skipped. Only the bytes of a
+//! value change; a plain tag that a YAML 1.1 or 1.2 loader would read as anything but a string
+//! (`1.10`, `012345678901`, `1e3`, `yes`, `2026-12-02`; see [`super::plain`]) is written
+//! quoted, with the quote character the file itself uses most.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashSet},
+    ops::Range,
+};
 
 use super::{
-    line::{block_scalar_lines, mapping_of, parse, KeyLine, Span},
+    doc::{Node, NodeId, ParseError, Stream, Style},
     plain, FileRewrite, Target,
 };
 
-/// Rewrites the references to `target` in one YAML file.
-pub fn rewrite(text: &str, target: &Target<'_>, kustomization: bool) -> FileRewrite {
-    let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let mut out = FileRewrite::default();
-    let mut edits: BTreeMap<usize, (Span, String)> = BTreeMap::new();
-    // Text inside block scalars is never a reference, whatever it looks like.
-    let mut consumed = block_scalar_lines(&lines);
-    let pinned = |k: &KeyLine<'_>| k.comment.is_some_and(|c| c.contains("conveyor:pin"));
-    let quote = quote_style(&lines);
-
-    // Helm values with configured key paths: the tag at `tag_path` where `repository_path` holds
-    // the image's repository.
-    if let Some((repository_path, tag_path)) = target.helm {
-        let paths = key_paths(&lines, &consumed);
-        let value_at = |path: &str| paths.iter().position(|p| p.as_deref() == Some(path)).and_then(|i| Some((i, parse(lines[i])?)));
-        if let (Some((ri, r)), Some((ti, t))) = (value_at(repository_path), value_at(tag_path)) {
-            if r.value_str(lines[ri]) == Some(target.repository) {
-                out.references += 1;
-                consumed[ri] = true;
-                consumed[ti] = true;
-                if pinned(&r) || pinned(&t) {
-                    out.pinned.push(ti + 1);
-                } else if let Some(span) = t.value {
-                    edits.insert(ti, (span, scalar(target.tag, span, quote)));
-                }
-            }
-        }
-    }
-
-    for idx in 0..lines.len() {
-        let line = lines[idx];
-        if consumed[idx] {
-            continue;
-        }
-        let Some(k) = parse(line) else { continue };
-
-        // Flux setter markers decide for their line.
-        if let Some((policy, field)) = k.comment.and_then(image_policy) {
-            consumed[idx] = true;
-            if policy != target.app {
-                continue;
-            }
-            out.references += 1;
-            let (Some(span), Some(old)) = (k.value, k.value_str(line)) else { continue };
-            if pinned(&k) {
-                out.pinned.push(idx + 1);
-                continue;
-            }
-            let new = match field {
-                PolicyField::Full => full_ref(old, target),
-                PolicyField::Tag => scalar(target.tag, span, quote),
-                PolicyField::Name => continue,
-            };
-            edits.insert(idx, (span, new));
-            continue;
-        }
-        let Some(value) = k.value_str(line) else { continue };
-
-        // Repository and tag in separate keys: Helm values, kustomize images.
-        if let Some((repository, tag_key)) = split_reference(&lines, idx, &k, value, kustomization) {
-            let mapping = mapping_of(&lines, idx);
-            let find = |key: &str| mapping.iter().find(|(_, m)| m.key == key);
-            if repository != target.repository {
-                continue;
-            }
-            out.references += 1;
-            let tag_line = find(tag_key);
-            let digest_line = find("digest");
-            for (i, _) in [tag_line, digest_line].into_iter().flatten() {
-                consumed[*i] = true;
-            }
-            if pinned(&k) || tag_line.is_some_and(|(_, t)| pinned(t)) || digest_line.is_some_and(|(_, d)| pinned(d)) {
-                out.pinned.push(idx + 1);
-                continue;
-            }
-            if let Some((i, t)) = tag_line {
-                if let Some(span) = t.value {
-                    edits.insert(*i, (span, scalar(target.tag, span, quote)));
-                }
-            }
-            if let Some((i, d)) = digest_line {
-                if let Some(span) = d.value {
-                    edits.insert(*i, (span, target.digest.to_string()));
-                }
-            }
-            continue;
-        }
-
-        // `image: repo:tag`.
-        if k.key == "image" {
-            let Some(r) = ImageRefParts::parse(value) else { continue };
-            if r.repository != target.repository {
-                continue;
-            }
-            out.references += 1;
-            if value.contains("${") {
-                out.templates = true;
-                continue;
-            }
-            if pinned(&k) {
-                out.pinned.push(idx + 1);
-                continue;
-            }
-            edits.insert(idx, (k.value.expect("a value was read from this span"), full_ref(value, target)));
-        }
-    }
-
-    let mut text_out = String::with_capacity(text.len() + 64);
-    for (idx, line) in lines.iter().enumerate() {
-        match edits.get(&idx) {
-            Some((span, new)) if &line[span.start..span.end] != new => {
-                text_out.push_str(&line[..span.start]);
-                text_out.push_str(new);
-                text_out.push_str(&line[span.end..]);
-                out.changes.push((idx + 1, line[span.start..span.end].to_string(), new.trim_matches('"').to_string()));
-            }
-            _ => text_out.push_str(line),
-        }
-    }
-    out.text = text_out;
-    out
+/// What a reference's value becomes.
+#[derive(Debug, Clone, Copy)]
+enum New {
+    /// `repo:tag` (`@digest` where one was pinned or pinning is asked for).
+    Reference,
+    Tag,
+    Digest,
 }
 
-/// For a key that names a repository with the tag elsewhere: (full repository, tag key).
-fn split_reference(lines: &[&str], idx: usize, k: &KeyLine<'_>, value: &str, kustomization: bool) -> Option<(String, &'static str)> {
-    let mapping = || mapping_of(lines, idx);
-    let value_of =
-        |key: &str| mapping().into_iter().find(|(_, m)| m.key == key).and_then(|(i, m)| m.value_str(lines[i]).map(str::to_string));
-    match k.key {
-        "name" | "newName" if kustomization => {
-            let m = mapping();
-            if !m.iter().any(|(_, e)| e.key == "newTag" || e.key == "digest") {
-                return None;
-            }
-            // With a newName, the newName line is the reference; `name` is what it replaces.
-            if k.key == "name" && m.iter().any(|(_, e)| e.key == "newName") {
-                return None;
-            }
-            Some((value.to_string(), "newTag"))
+struct Edit {
+    token: Range<usize>,
+    text: String,
+    line: usize,
+    old: String,
+    new: String,
+}
+
+struct Rules<'s, 't, 'a> {
+    s: &'s Stream<'t>,
+    target: &'a Target<'a>,
+    quote: char,
+    out: FileRewrite,
+    edits: BTreeMap<usize, Edit>,
+    /// Scalars a rule has decided about: the left-behind scan skips them.
+    seen: HashSet<NodeId>,
+    /// Every value scalar, with the key it sits under, for the left-behind scan.
+    values: Vec<(NodeId, String)>,
+    /// Configured Helm key paths found in the current document: (repository, tag) values.
+    helm: (Option<NodeId>, Option<NodeId>),
+}
+
+/// Rewrites the references to `target` in one YAML file. A file the parser refuses is an
+/// error (the caller decides whether it matters).
+pub fn rewrite(text: &str, target: &Target<'_>) -> Result<FileRewrite, ParseError> {
+    let s = Stream::parse(text)?;
+    let (double, single) = s.nodes.iter().fold((0, 0), |(d, q), n| match n {
+        Node::Scalar(sc) if sc.style == Style::Double => (d + 1, q),
+        Node::Scalar(sc) if sc.style == Style::Single => (d, q + 1),
+        _ => (d, q),
+    });
+    let mut r = Rules {
+        s: &s,
+        target,
+        quote: if single > double { '\'' } else { '"' },
+        out: FileRewrite::default(),
+        edits: BTreeMap::new(),
+        seen: HashSet::new(),
+        values: Vec::new(),
+        helm: (None, None),
+    };
+    for &root in &s.docs {
+        r.helm = (None, None);
+        let mut path = Vec::new();
+        r.walk(root, "", &mut path, 0);
+        if let (Some(repo), Some(tag)) = r.helm {
+            r.reference(&[repo], &[(tag, New::Tag)]);
         }
-        "repository" => {
-            let full = match value_of("registry") {
+    }
+    r.left_behind();
+    let Rules { mut out, edits, .. } = r;
+    let mut text_out = String::with_capacity(text.len() + 64);
+    let mut at = 0;
+    for edit in edits.values() {
+        if edit.token.start < at {
+            continue;
+        }
+        text_out.push_str(&text[at..edit.token.start]);
+        text_out.push_str(&edit.text);
+        at = edit.token.end;
+        out.changes.push((edit.line, edit.old.clone(), edit.new.clone()));
+    }
+    text_out.push_str(&text[at..]);
+    out.text = text_out;
+    Ok(out)
+}
+
+impl Rules<'_, '_, '_> {
+    fn walk(&mut self, id: NodeId, key: &str, path: &mut Vec<String>, depth: usize) {
+        if depth > 256 {
+            return;
+        }
+        match &self.s.nodes[id] {
+            Node::Scalar(_) => {
+                self.values.push((id, key.to_string()));
+                self.marker(id);
+            }
+            Node::Map(entries) => {
+                self.mapping(id, key);
+                for (k, v) in entries.clone() {
+                    let Some(name) = self.s.str(k).map(str::to_string) else { continue };
+                    path.push(name.clone());
+                    if let Some((repo_path, tag_path)) = self.target.helm {
+                        let dotted = path.join(".");
+                        if dotted == repo_path && self.s.str(v) == Some(self.target.repository) {
+                            self.helm.0 = Some(v);
+                        } else if dotted == tag_path && self.s.scalar(v).is_some() {
+                            self.helm.1 = Some(v);
+                        }
+                    }
+                    self.walk(v, &name, path, depth + 1);
+                    path.pop();
+                }
+            }
+            Node::Seq(items) => {
+                let items = items.clone();
+                if key == "parameters" && path.iter().rev().nth(1).is_some_and(|p| p == "helm") {
+                    self.helm_parameters(&items);
+                }
+                for item in items {
+                    if key == "images" && path.iter().rev().nth(1).is_some_and(|p| p == "kustomize") {
+                        self.kustomize_image_string(item);
+                    }
+                    self.walk(item, key, path, depth + 1);
+                }
+            }
+            // The anchored node is walked where it is defined.
+            Node::Alias(_) => {}
+        }
+    }
+
+    fn comment(&self, id: NodeId) -> Option<&str> {
+        self.s.scalar(id).and_then(|sc| self.s.comment_after(&sc.token))
+    }
+
+    fn line(&self, id: NodeId) -> usize {
+        self.s.scalar(id).map(|sc| self.s.line(sc.token.start)).unwrap_or(0)
+    }
+
+    /// A Flux setter marker decides for its scalar.
+    fn marker(&mut self, id: NodeId) {
+        let Some((policy, field)) = self.comment(id).and_then(image_policy) else { return };
+        match field {
+            _ if policy != self.target.app => {}
+            PolicyField::Full => return self.reference(&[], &[(id, New::Reference)]),
+            PolicyField::Tag => return self.reference(&[], &[(id, New::Tag)]),
+            PolicyField::Name => self.out.references += 1,
+        }
+        self.seen.insert(id);
+    }
+
+    /// The shapes that live in one mapping.
+    fn mapping(&mut self, map: NodeId, key: &str) {
+        let s = self.s;
+        let get = |k: &str| s.get(map, k).filter(|v| !self.seen.contains(&s.resolve(*v)));
+        let repository = self.target.repository;
+
+        // `images:` entries: kustomize, Flux Kustomization, Argo CD Application.
+        if key == "images" && (get("newTag").is_some() || get("digest").is_some()) {
+            if let Some(name) = get("newName").or_else(|| get("name")) {
+                if s.str(name) == Some(repository) {
+                    let mut edits = Vec::new();
+                    edits.extend(get("newTag").map(|t| (t, New::Tag)));
+                    edits.extend(get("digest").map(|d| (d, New::Digest)));
+                    self.reference(&[name], &edits);
+                }
+                return;
+            }
+        }
+
+        // Helm: `repository` (+ `registry`) with `tag` / `digest`.
+        if let Some(repo) = get("repository").filter(|r| s.scalar(*r).is_some()) {
+            let registry = get("registry").and_then(|r| s.str(r)).filter(|r| !r.is_empty());
+            let value = s.str(repo).unwrap_or_default();
+            let full = match registry {
                 Some(reg) => format!("{}/{value}", reg.trim_end_matches('/')),
                 None => value.to_string(),
             };
-            Some((full, "tag"))
+            if full == repository {
+                let mut edits = Vec::new();
+                edits.extend(get("tag").filter(|t| s.scalar(*t).is_some()).map(|t| (t, New::Tag)));
+                let digest = get("digest").filter(|d| s.str(*d).is_some_and(|v| !v.is_empty() || self.target.pin_digest));
+                edits.extend(digest.map(|d| (d, New::Digest)));
+                self.seen.insert(s.resolve(repo));
+                if edits.is_empty() && self.target.helm.is_none() {
+                    self.out.references += 1;
+                    self.out.left_behind.push((
+                        self.line(repo),
+                        format!("the Helm image block of {repository} has no `tag` or `digest` value to set (Conveyor changes values, it never adds keys)"),
+                    ));
+                } else if !edits.is_empty() {
+                    self.reference(&[repo], &edits);
+                }
+                return;
+            }
         }
-        "image" if ImageRefParts::parse(value).is_some_and(|r| r.tag.is_none() && r.digest.is_none()) && value_of("tag").is_some() => {
-            Some((value.to_string(), "tag"))
+
+        // `image: repo` with a sibling `tag`.
+        if let (Some(image), Some(tag)) = (get("image"), get("tag")) {
+            if let Some(r) = s.str(image).and_then(ImageRefParts::parse) {
+                if r.tag.is_none() && r.digest.is_none() && s.scalar(tag).is_some() {
+                    if r.repository == repository {
+                        let mut edits = vec![(tag, New::Tag)];
+                        edits.extend(get("digest").filter(|d| s.str(*d).is_some_and(|v| !v.is_empty())).map(|d| (d, New::Digest)));
+                        self.reference(&[image], &edits);
+                    }
+                    return;
+                }
+            }
         }
-        _ => None,
+
+        // `image: repo:tag`.
+        if let Some(image) = get("image") {
+            let Some(value) = s.str(image) else { return };
+            let Some(r) = ImageRefParts::parse(value) else { return };
+            if r.repository != repository {
+                return;
+            }
+            if value.contains("${") {
+                self.seen.insert(s.resolve(image));
+                self.out.references += 1;
+                self.out.templates = true;
+                return;
+            }
+            self.reference(&[], &[(image, New::Reference)]);
+        }
+    }
+
+    /// Argo CD `kustomize.images` strings: `repo:tag`, `repo@digest`, `name=repo:tag`.
+    fn kustomize_image_string(&mut self, item: NodeId) {
+        let Some(value) = self.s.str(item) else { return };
+        let reference = value.split_once('=').map_or(value, |(_, r)| r);
+        if ImageRefParts::parse(reference).is_some_and(|r| r.repository == self.target.repository) {
+            self.reference(&[], &[(item, New::Reference)]);
+        }
+    }
+
+    /// Argo CD `helm.parameters`: `{name: image.repository, value: repo}` with `image.tag`.
+    fn helm_parameters(&mut self, items: &[NodeId]) {
+        let s = self.s;
+        let params: Vec<(&str, NodeId)> = items
+            .iter()
+            .filter_map(|i| Some((s.str(s.get(*i, "name")?)?, s.get(*i, "value").filter(|v| s.scalar(*v).is_some())?)))
+            .collect();
+        let value_of = |name: &str| params.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+        let repository = self.target.repository;
+        for &(name, value) in &params {
+            let v = s.str(value).unwrap_or_default();
+            if let Some((repo_path, tag_path)) = self.target.helm {
+                if name == repo_path && v == repository {
+                    if let Some(tag) = value_of(tag_path) {
+                        self.reference(&[value], &[(tag, New::Tag)]);
+                    }
+                    continue;
+                }
+            }
+            let prefix = name.strip_suffix(".repository").or_else(|| name.strip_suffix(".name"));
+            if let Some(prefix) = prefix {
+                let full = match value_of(&format!("{prefix}.registry")).and_then(|r| s.str(r)) {
+                    Some(reg) if !reg.is_empty() => format!("{}/{v}", reg.trim_end_matches('/')),
+                    _ => v.to_string(),
+                };
+                if full == repository {
+                    if let Some(tag) = value_of(&format!("{prefix}.tag")) {
+                        self.reference(&[value], &[(tag, New::Tag)]);
+                    }
+                }
+            } else if ImageRefParts::parse(v).is_some_and(|r| r.repository == repository && r.tag.is_some()) {
+                self.reference(&[], &[(value, New::Reference)]);
+            }
+        }
+    }
+
+    /// One reference: `holders` are scalars that name it (checked for a pin), `edits` the
+    /// values to write.
+    fn reference(&mut self, holders: &[NodeId], edits: &[(NodeId, New)]) {
+        let s = self.s;
+        let all: Vec<NodeId> = holders.iter().chain(edits.iter().map(|(n, _)| n)).map(|n| s.resolve(*n)).collect();
+        let already = edits.iter().all(|(e, _)| self.seen.contains(&s.resolve(*e))) && !edits.is_empty();
+        self.seen.extend(all.iter().copied());
+        if already {
+            // An alias of a value rewritten where its anchor is.
+            self.out.references += 1;
+            return;
+        }
+        self.out.references += 1;
+        if all.iter().any(|n| self.comment(*n).is_some_and(|c| c.contains("conveyor:pin"))) {
+            let line = edits.first().map(|(n, _)| *n).or(holders.first().copied()).map(|n| self.line(n)).unwrap_or(0);
+            self.out.pinned.push(line);
+            return;
+        }
+        for &(node, new) in edits {
+            self.write(node, new);
+        }
+    }
+
+    fn write(&mut self, node: NodeId, new: New) {
+        let s = self.s;
+        let Some(sc) = s.scalar(node) else { return };
+        let value = match new {
+            // Argo CD's `name=repo:tag` keeps its name (a reference never holds `=`).
+            New::Reference => match sc.value.split_once('=') {
+                Some((name, old)) => format!("{name}={}", full_ref(old, self.target)),
+                None => full_ref(&sc.value, self.target),
+            },
+            New::Tag => self.target.tag.to_string(),
+            New::Digest => self.target.digest.to_string(),
+        };
+        if value == sc.value {
+            return;
+        }
+        let raw = &s.text[sc.token.clone()];
+        let (token, text) = match sc.style {
+            Style::Double => (sc.token.clone(), format!("\"{value}\"")),
+            Style::Single => (sc.token.clone(), format!("'{value}'")),
+            Style::Plain if sc.tagged || (!plain::misread(&value) && reads_as_string(&value)) => (sc.token.clone(), value.clone()),
+            Style::Plain => (sc.token.clone(), format!("{q}{value}{q}", q = self.quote)),
+            Style::Literal | Style::Folded => {
+                let content = raw.trim();
+                if content.contains('\n') || content != sc.value.trim_end() {
+                    self.out
+                        .left_behind
+                        .push((s.line(sc.token.start), "a block scalar of several lines: Conveyor does not rewrite it".to_string()));
+                    return;
+                }
+                let start = sc.token.start + raw.find(content).unwrap_or(0);
+                (start..start + content.len(), value.clone())
+            }
+        };
+        let line = s.line(token.start);
+        self.edits.insert(token.start, Edit { token, text, line, old: sc.value.clone(), new: value });
+    }
+
+    /// Scalars that are exactly a reference to the image and that no rule covered.
+    fn left_behind(&mut self) {
+        let s = self.s;
+        for (id, key) in std::mem::take(&mut self.values) {
+            if self.seen.contains(&id) {
+                continue;
+            }
+            let Some(sc) = s.scalar(id) else { continue };
+            if matches!(sc.style, Style::Literal | Style::Folded) {
+                continue;
+            }
+            let Some(r) = ImageRefParts::parse(&sc.value) else { continue };
+            if r.repository != self.target.repository || (r.tag.is_none() && r.digest.is_none()) {
+                continue;
+            }
+            self.out.references += 1;
+            let line = s.line(sc.token.start);
+            if self.comment(id).is_some_and(|c| c.contains("conveyor:pin")) {
+                self.out.pinned.push(line);
+                continue;
+            }
+            let key = if key.is_empty() { "the document".to_string() } else { format!("`{key}`") };
+            self.out.left_behind.push((
+                line,
+                format!(
+                    "{key} holds {}, which is not a field Conveyor rewrites (`image`, Helm `tag`, kustomize `newTag`); add a Flux setter marker to have it rewritten or `# conveyor:pin` to keep it",
+                    sc.value
+                ),
+            ));
+        }
     }
 }
 
@@ -181,47 +391,6 @@ fn full_ref(old: &str, target: &Target<'_>) -> String {
         format!("{}:{}@{}", target.repository, target.tag, target.digest)
     } else {
         format!("{}:{}", target.repository, target.tag)
-    }
-}
-
-/// The dotted key path of every `key: value` line (sequence entries add no segment), so that
-/// configured Helm key paths can be found whatever the keys are called.
-fn key_paths(lines: &[&str], skip: &[bool]) -> Vec<Option<String>> {
-    let mut stack: Vec<(usize, String)> = Vec::new();
-    lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| {
-            if skip[i] {
-                return None;
-            }
-            let k = parse(line)?;
-            while stack.last().is_some_and(|(col, _)| *col >= k.col) {
-                stack.pop();
-            }
-            stack.push((k.col, k.key.to_string()));
-            Some(stack.iter().map(|(_, key)| key.as_str()).collect::<Vec<_>>().join("."))
-        })
-        .collect()
-}
-
-/// A tag written into a value: a plain scalar some YAML loader would not read as that string
-/// gets quotes, in the file's style (`quote`).
-fn scalar(tag: &str, span: Span, quote: char) -> String {
-    if span.quote.is_some() || (!plain::misread(tag) && reads_as_string(tag)) {
-        tag.to_string()
-    } else {
-        format!("{quote}{tag}{quote}")
-    }
-}
-
-/// The quote character the file's quoted values use most (`"` when it has none).
-fn quote_style(lines: &[&str]) -> char {
-    let count = |q: char| lines.iter().filter(|l| l.contains(&format!(": {q}")) || l.trim_start().starts_with(&format!("- {q}"))).count();
-    if count('\'') > count('"') {
-        '\''
-    } else {
-        '"'
     }
 }
 
@@ -291,7 +460,7 @@ mod tests {
     };
 
     fn rw(text: &str) -> FileRewrite {
-        rewrite(text, &T, false)
+        rewrite(text, &T).unwrap()
     }
 
     #[test]
@@ -300,11 +469,12 @@ mod tests {
         let expected = before
             .replace("\"127.0.0.1:5000/flask-app:old\"", "\"127.0.0.1:5000/flask-app:abc123\"")
             .replace("image: 127.0.0.1:5000/flask-app:old #", "image: 127.0.0.1:5000/flask-app:abc123 #")
+            .replace("flask-app:flow}", "flask-app:abc123}")
             .replace("image:   127.0.0.1:5000/flask-app\r\n", "image:   127.0.0.1:5000/flask-app:abc123\r\n");
         let r = rw(before);
         assert_eq!(r.text, expected);
-        assert_eq!(r.references, 3, "flow mappings are not rewritten, the other repo is not ours");
-        assert_eq!(r.changes.iter().map(|c| c.0).collect::<Vec<_>>(), vec![9, 12, 21]);
+        assert_eq!(r.references, 4, "the flow mapping too; the other repo is not ours");
+        assert_eq!(r.changes.iter().map(|c| c.0).collect::<Vec<_>>(), vec![9, 12, 20, 21]);
     }
 
     #[test]
@@ -327,15 +497,29 @@ mod tests {
         for line in [
             "imagePullPolicy: Always\n",
             "image: 127.0.0.1:5000/flask-app-worker:old\n",
-            "myimage: 127.0.0.1:5000/flask-app:old\n",
             "# image: 127.0.0.1:5000/flask-app:old\n",
             "image: |\n",
+            "script: |\n  docker run 127.0.0.1:5000/flask-app:old\n",
             "description: \"image: 127.0.0.1:5000/flask-app:old\"\n",
         ] {
             let r = rw(line);
             assert_eq!(r.text, line);
-            assert_eq!(r.references, 0, "{line:?}");
+            assert_eq!((r.references, r.left_behind.len()), (0, 0), "{line:?}");
         }
+    }
+
+    /// A scalar that is exactly a reference to the image, under a key no shape covers, is never
+    /// skipped in silence: it is named, unless a pin keeps it on purpose.
+    #[test]
+    fn an_exact_reference_under_another_key_is_left_behind_by_name() {
+        let text = "spec:\n  env:\n    - name: SELF\n      value: 127.0.0.1:5000/flask-app:old\n  myimage: '127.0.0.1:5000/flask-app@sha256:dead'\n";
+        let r = rw(text);
+        assert_eq!(r.text, text);
+        assert_eq!(r.references, 2);
+        assert_eq!(r.left_behind.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![4, 5]);
+        assert!(r.left_behind[0].1.starts_with("`value` holds 127.0.0.1:5000/flask-app:old, which is not a field"), "{:?}", r.left_behind);
+        let pinned = rw("myimage: 127.0.0.1:5000/flask-app:old # conveyor:pin\n");
+        assert_eq!((pinned.left_behind.len(), pinned.pinned.clone()), (0, vec![1]));
     }
 
     #[test]
@@ -352,7 +536,7 @@ mod tests {
     fn numeric_looking_tags_are_quoted_in_plain_values() {
         let t = Target { tag: "1.10", ..T };
         let text = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0.0\n";
-        assert_eq!(rewrite(text, &t, false).text, "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: \"1.10\"\n");
+        assert_eq!(rewrite(text, &t).unwrap().text, "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: \"1.10\"\n");
     }
 
     /// The outage: an all-digit short SHA with a leading zero written plain is an integer to
@@ -363,22 +547,23 @@ mod tests {
         let k = "images:\n  - name: 127.0.0.1:5000/flask-app\n    newTag: old\n";
         for tag in ["012345678901", "123456789012", "1e3", "0x1f", "yes", "off", "2026-12-02", "1_000"] {
             let t = Target { tag, ..T };
-            assert_eq!(rewrite(k, &t, true).text, k.replace("newTag: old", &format!("newTag: \"{tag}\"")), "{tag}");
+            assert_eq!(rewrite(k, &t).unwrap().text, k.replace("newTag: old", &format!("newTag: \"{tag}\"")), "{tag}");
         }
         let single = "labels:\n  team: 'web'\nimages:\n  - name: 127.0.0.1:5000/flask-app\n    newTag: old\n";
         let t = Target { tag: "012345678901", ..T };
-        assert_eq!(rewrite(single, &t, true).text, single.replace("newTag: old", "newTag: '012345678901'"), "the file quotes with '");
+        assert_eq!(rewrite(single, &t).unwrap().text, single.replace("newTag: old", "newTag: '012345678901'"), "the file quotes with '");
         let t = Target { tag: "0a1b2c3d4e5f", ..T };
-        assert_eq!(rewrite(k, &t, true).text, k.replace("newTag: old", "newTag: 0a1b2c3d4e5f"), "a string to every loader");
+        assert_eq!(rewrite(k, &t).unwrap().text, k.replace("newTag: old", "newTag: 0a1b2c3d4e5f"), "a string to every loader");
     }
 
     #[test]
     fn kustomize_images_entries() {
         let k = "resources:\n  - deployment.yaml\nimages:\n  - name: flask-app\n    newName: 127.0.0.1:5000/flask-app\n    newTag: old\n  - name: 127.0.0.1:5000/flask-app-worker\n    newTag: keep\n  - name: 127.0.0.1:5000/flask-app\n    digest: sha256:dead\n";
-        let r = rewrite(k, &T, true);
+        let r = rewrite(k, &T).unwrap();
         assert_eq!(r.text, k.replace("newTag: old", "newTag: abc123").replace("sha256:dead", "sha256:feed"));
         assert_eq!(r.references, 2);
-        assert_eq!(rewrite(k, &T, false).references, 0, "name/newTag only count in kustomization files");
+        let elsewhere = "spec:\n  name: 127.0.0.1:5000/flask-app\n  newTag: old\n";
+        assert_eq!(rewrite(elsewhere, &T).unwrap().references, 0, "name/newTag count in `images:` entries only");
     }
 
     #[test]
@@ -406,18 +591,18 @@ mod tests {
     fn configured_helm_key_paths() {
         let t = Target { helm: Some(("web.deployment.imageRepo", "web.deployment.imageVersion")), ..T };
         let text = "web:\n  deployment:\n    imageRepo: 127.0.0.1:5000/flask-app\n    # the version\n    imageVersion: \"1.0\"\n  other:\n    imageVersion: keep\nimageVersion: keep\n";
-        let r = rewrite(text, &t, false);
+        let r = rewrite(text, &t).unwrap();
         assert_eq!(r.text, text.replacen("\"1.0\"", "\"abc123\"", 1));
         assert_eq!(r.references, 1);
         let other = text.replace("127.0.0.1:5000/flask-app", "127.0.0.1:5000/other");
-        assert_eq!(rewrite(&other, &t, false).text, other, "another image's values are left alone");
+        assert_eq!(rewrite(&other, &t).unwrap().text, other, "another image's values are left alone");
     }
 
     #[test]
     fn pin_digest_adds_the_digest_to_plain_references() {
         let t = Target { pin_digest: true, ..T };
         assert_eq!(
-            rewrite("image: 127.0.0.1:5000/flask-app:old\n", &t, false).text,
+            rewrite("image: 127.0.0.1:5000/flask-app:old\n", &t).unwrap().text,
             "image: 127.0.0.1:5000/flask-app:abc123@sha256:feed\n"
         );
     }
