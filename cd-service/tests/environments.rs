@@ -179,3 +179,54 @@ async fn helm_key_paths_digest_pinning_and_the_trace_id_trailer() {
     assert!(msg.contains("Conveyor-Trace-Id: 4bf92f3577b34da6a3ce929d0e0e4736"), "{msg}");
     assert!(msg.starts_with("deploy api to staging: 0.2.0\n"), "{msg}");
 }
+
+/// No silent partial deploys: a reference the rewriter cannot write keeps its environment
+/// unchanged (all or nothing), and an event applied to one environment but refused in another is
+/// recorded as `partial`, dead-lettered with each reference left behind (file:line and why) and
+/// counted; pinning the reference clears the refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_left_behind_makes_the_event_partial_and_names_it() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
+    let seed = WorkClone::clone_of(dir.path().join("human"), &bare);
+    let config = std::fs::read_to_string(Path::new(FIXTURE).join("conveyor.yaml")).unwrap();
+    seed.write("conveyor.yaml", &config.replace("policy: manual", "policy: auto"));
+    let sidecar = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-self\ndata:\n  SELF_IMAGE: \"{REPO}:1.0.0\"\n");
+    seed.write("overlays/production/self.yaml", &sidecar);
+    seed.commit_all("production: an app that reads its own image from a ConfigMap");
+    seed.push_rebasing(10);
+    let cd = start(&nats, &bare).await;
+    let commits = bare.count("main");
+
+    applied(&nats, nats.publish_event(&build("web", REPO, "v2", 1)).await).await;
+    assert_eq!(bare.count("main"), commits + 1, "staging's commit:\n{}", bare.log_oneline("main"));
+    assert_eq!((tag_in(&bare, "staging").as_str(), tag_in(&bare, "production").as_str()), ("v2", "1.0.0"));
+    assert_eq!(bare.show("main", "overlays/production/self.yaml"), sidecar, "nothing of production was written");
+
+    let dead = nats.stream_messages_with_headers(DEADLETTER_STREAM).await;
+    assert_eq!(dead.len(), 1);
+    let reason = dead[0].2.get(headers::DEAD_REASON).map(|v| v.to_string()).unwrap_or_default();
+    let head = bare.head("main").unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "partly deployed: applied to staging in {head}; refused for production: 1 reference(s) to {REPO} cannot be rewritten"
+        )),
+        "{reason}"
+    );
+    assert!(reason.contains(&format!("overlays/production/self.yaml:6: `SELF_IMAGE` holds {REPO}:1.0.0")), "{reason}");
+    let listed: Value = reqwest::get(format!("http://{}/outcomes?outcome=partial", cd.http)).await.unwrap().json().await.unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0]["commit"].as_str(), listed[0]["detail"].as_str()), (Some(head.as_str()), Some(reason.as_str())));
+    let metrics = reqwest::get(format!("http://{}/metrics", cd.http)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("conveyor_cd_events_total{outcome=\"partial\"} 1"), "{metrics}");
+
+    // The operator pins it on purpose: the next build reaches both environments.
+    seed.write("overlays/production/self.yaml", &sidecar.replace("1.0.0\"\n", "1.0.0\" # conveyor:pin reports the first release\n"));
+    seed.commit_all("pin the self-reference");
+    seed.push_rebasing(10);
+    applied(&nats, nats.publish_event(&build("web", REPO, "v3", 2)).await).await;
+    assert_eq!((tag_in(&bare, "staging").as_str(), tag_in(&bare, "production").as_str()), ("v3", "v3"));
+    assert_eq!(nats.stream_messages_with_headers(DEADLETTER_STREAM).await.len(), 1, "no new dead letter");
+}

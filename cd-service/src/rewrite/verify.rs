@@ -11,9 +11,11 @@ pub enum VerifyError {
     Changed(String),
 }
 
-/// Parses every document of a YAML stream.
+/// Parses every document of a YAML stream. libyaml refuses a UTF-8 byte order mark that
+/// kustomize and saphyr accept; it is not content, so it is set aside.
 pub fn parse_all(text: &str) -> Result<Vec<Value>, String> {
     use serde::Deserialize;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_norway::Deserializer::from_str(text).map(|doc| Value::deserialize(doc).map_err(|e| e.to_string())).collect()
 }
 

@@ -55,6 +55,8 @@ struct Rules<'s, 't, 'a> {
     edits: BTreeMap<usize, Edit>,
     /// Scalars a rule has decided about: the left-behind scan skips them.
     seen: HashSet<NodeId>,
+    /// Scalars with a Flux setter marker: no other shape applies to them.
+    marked: HashSet<NodeId>,
     /// Every value scalar, with the key it sits under, for the left-behind scan.
     values: Vec<(NodeId, String)>,
     /// Configured Helm key paths found in the current document: (repository, tag) values.
@@ -77,6 +79,7 @@ pub fn rewrite(text: &str, target: &Target<'_>) -> Result<FileRewrite, ParseErro
         out: FileRewrite::default(),
         edits: BTreeMap::new(),
         seen: HashSet::new(),
+        marked: HashSet::new(),
         values: Vec::new(),
         helm: (None, None),
     };
@@ -106,17 +109,18 @@ pub fn rewrite(text: &str, target: &Target<'_>) -> Result<FileRewrite, ParseErro
     Ok(out)
 }
 
-impl Rules<'_, '_, '_> {
+impl<'t> Rules<'_, 't, '_> {
     fn walk(&mut self, id: NodeId, key: &str, path: &mut Vec<String>, depth: usize) {
         if depth > 256 {
             return;
         }
         match &self.s.nodes[id] {
-            Node::Scalar(_) => {
-                self.values.push((id, key.to_string()));
-                self.marker(id);
-            }
+            Node::Scalar(_) => self.values.push((id, key.to_string())),
             Node::Map(entries) => {
+                // A Flux setter marker decides for its value before any shape does.
+                for (_, v) in entries {
+                    self.marker(*v);
+                }
                 self.mapping(id, key);
                 for (k, v) in entries.clone() {
                     let Some(name) = self.s.str(k).map(str::to_string) else { continue };
@@ -138,6 +142,9 @@ impl Rules<'_, '_, '_> {
                 if key == "parameters" && path.iter().rev().nth(1).is_some_and(|p| p == "helm") {
                     self.helm_parameters(&items);
                 }
+                for &item in &items {
+                    self.marker(item);
+                }
                 for item in items {
                     if key == "images" && path.iter().rev().nth(1).is_some_and(|p| p == "kustomize") {
                         self.kustomize_image_string(item);
@@ -150,7 +157,7 @@ impl Rules<'_, '_, '_> {
         }
     }
 
-    fn comment(&self, id: NodeId) -> Option<&str> {
+    fn comment(&self, id: NodeId) -> Option<&'t str> {
         self.s.scalar(id).and_then(|sc| self.s.comment_after(&sc.token))
     }
 
@@ -160,7 +167,11 @@ impl Rules<'_, '_, '_> {
 
     /// A Flux setter marker decides for its scalar.
     fn marker(&mut self, id: NodeId) {
+        if !matches!(self.s.nodes[id], Node::Scalar(_)) || self.marked.contains(&id) {
+            return;
+        }
         let Some((policy, field)) = self.comment(id).and_then(image_policy) else { return };
+        self.marked.insert(id);
         match field {
             _ if policy != self.target.app => {}
             PolicyField::Full => return self.reference(&[], &[(id, New::Reference)]),
@@ -173,7 +184,7 @@ impl Rules<'_, '_, '_> {
     /// The shapes that live in one mapping.
     fn mapping(&mut self, map: NodeId, key: &str) {
         let s = self.s;
-        let get = |k: &str| s.get(map, k).filter(|v| !self.seen.contains(&s.resolve(*v)));
+        let get = |k: &str| s.get(map, k).filter(|v| !self.marked.contains(&s.resolve(*v)));
         let repository = self.target.repository;
 
         // `images:` entries: kustomize, Flux Kustomization, Argo CD Application.
@@ -203,7 +214,9 @@ impl Rules<'_, '_, '_> {
                 let digest = get("digest").filter(|d| s.str(*d).is_some_and(|v| !v.is_empty() || self.target.pin_digest));
                 edits.extend(digest.map(|d| (d, New::Digest)));
                 self.seen.insert(s.resolve(repo));
-                if edits.is_empty() && self.target.helm.is_none() {
+                // A defaults block merged elsewhere (`<<: *defaults`) is not itself a reference.
+                let merged = s.nodes.iter().any(|n| matches!(n, Node::Alias(Some(a)) if *a == map));
+                if edits.is_empty() && self.target.helm.is_none() && !merged {
                     self.out.references += 1;
                     self.out.left_behind.push((
                         self.line(repo),
