@@ -48,7 +48,6 @@ fn tag() -> impl Strategy<Value = String> {
         Just("1e3".to_string()),
         Just("yes".to_string()),
         Just("2026-12-02".to_string()),
-        Just(".5".to_string()),
         Just("0x1f".to_string()),
     ]
 }

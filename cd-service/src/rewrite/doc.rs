@@ -31,6 +31,8 @@ pub struct Scalar {
     pub token: Range<usize>,
     /// Whether it carries a tag (`!!str 012`): its value is then not resolved from the text.
     pub tagged: bool,
+    /// Whether `value` was read from the file's own bytes (see [`Stream::parse`]).
+    pub exact: bool,
 }
 
 #[derive(Debug)]
@@ -68,15 +70,19 @@ enum Frame {
 
 impl<'t> Stream<'t> {
     pub fn parse(text: &'t str) -> Result<Self, ParseError> {
-        // saphyr refuses a tab right after `:` or `-` (`key:\tvalue`), which YAML 1.2 allows as
-        // separation; a space in its place keeps every offset and changes no value we read.
-        let patched;
-        let input = if text.contains(":\t") || text.contains("-\t") {
-            patched = text.replace(":\t", ": ").replace("-\t", "- ");
-            patched.as_str()
-        } else {
-            text
-        };
+        match Self::parse_input(text, text) {
+            // saphyr refuses a tab right after `:` or `-` (`key:\tvalue`), which YAML 1.2 allows
+            // as separation. A space in its place keeps every offset; a scalar whose own bytes
+            // changed that way is marked inexact and never rewritten.
+            Err(e) if text.contains(":\t") || text.contains("-\t") => {
+                let patched = text.replace(":\t", ": ").replace("-\t", "- ");
+                Self::parse_input(text, &patched).map_err(|_| e)
+            }
+            other => other,
+        }
+    }
+
+    fn parse_input(text: &'t str, input: &str) -> Result<Self, ParseError> {
         let bytes_at = CharIndex::new(text);
         let mut nodes: Vec<Node> = Vec::new();
         let mut docs = Vec::new();
@@ -100,7 +106,8 @@ impl<'t> Stream<'t> {
                         ScalarStyle::Folded => Style::Folded,
                     };
                     let token = token(text, start, end, style);
-                    Some((anchor, Node::Scalar(Scalar { value: value.into_owned(), style, token, tagged: tag.is_some() })))
+                    let exact = std::ptr::eq(text, input) || text.get(token.clone()) == input.get(token.clone());
+                    Some((anchor, Node::Scalar(Scalar { value: value.into_owned(), style, token, tagged: tag.is_some(), exact })))
                 }
                 Event::Alias(anchor) => Some((0, Node::Alias(anchors.get(anchor).copied().flatten()))),
                 Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
@@ -198,7 +205,8 @@ impl<'t> Stream<'t> {
     /// The comment on the line where a token ends (without `#`), if any.
     pub fn comment_after(&self, token: &Range<usize>) -> Option<&'t str> {
         let rest = &self.text[token.end..];
-        let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
+        // A lone CR ends a line too (YAML line breaks are LF, CRLF and CR).
+        let line = &rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())];
         let b = line.as_bytes();
         let mut quote = None;
         let mut i = 0;
@@ -208,7 +216,7 @@ impl<'t> Stream<'t> {
                 (Some(b'"'), b'\\') => i += 1,
                 (Some(q), c) if c == q => quote = None,
                 (None, b'#') if i == 0 || b[i - 1] == b' ' || b[i - 1] == b'\t' => {
-                    return Some(line[i + 1..].trim_end_matches('\r'));
+                    return Some(&line[i + 1..]);
                 }
                 _ => {}
             }
@@ -272,6 +280,7 @@ fn token(text: &str, start: usize, end: usize, style: Style) -> Range<usize> {
         }
     }
     match style {
+        Style::Double | Style::Single if b.get(i) != Some(if style == Style::Double { &b'"' } else { &b'\'' }) => i..i,
         Style::Double => {
             let mut j = i + 1;
             while j < b.len() && b[j] != b'"' {
@@ -293,7 +302,9 @@ fn token(text: &str, start: usize, end: usize, style: Style) -> Range<usize> {
             }
             i..(j + 1).min(b.len())
         }
-        _ => i..end.max(i),
+        // An empty scalar (`key: !tag` then a new line) has no bytes: never skip past its span.
+        _ if i > end => end..end,
+        _ => i..end,
     }
 }
 
@@ -377,6 +388,17 @@ mod tests {
         let tag = s.scalar(s.get(used, "tag").unwrap()).unwrap();
         assert_eq!(s.comment_after(&tag.token), Some(" {\"$imagepolicy\": \"ns:x:tag\"}"));
         assert!(Stream::parse("a: [\n").is_err());
+        // A tab after `:` as separation parses; a quoted value holding `:\t` is inexact.
+        let s = Stream::parse("a:\tv\nb: \"x:\ty\"\n").unwrap();
+        let exact: Vec<(String, bool)> = s
+            .nodes
+            .iter()
+            .filter_map(|n| match n {
+                Node::Scalar(sc) => Some((sc.value.clone(), sc.exact)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(exact, [("a", true), ("v", true), ("b", true), ("x: y", false)].map(|(v, e)| (v.to_string(), e)));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod doc;
 pub mod env;
 pub mod plain;
+pub mod reference;
 pub mod verify;
 pub mod yaml;
 

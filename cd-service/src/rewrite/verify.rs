@@ -64,8 +64,14 @@ fn same(a: &Value, b: &Value, changes: &[(usize, String, String)], path: &str) -
         _ => {
             let (old, new) = (scalar_text(a), scalar_text(b));
             // Every value Conveyor writes (reference, tag, digest) must read back as a string.
-            let allowed = match (&old, b) {
-                (Some(o), Value::String(n)) => changes.iter().any(|(_, co, cn)| co.trim_matches(['"', '\'']) == o.as_str() && cn == n),
+            // The old value as the rewriter read it: the same string, or plain text that reads as
+            // the same number, bool or null (`tag: 1.10` is the float 1.1 to libyaml).
+            let was = |co: &str| match a {
+                Value::String(s) => s == co,
+                _ => old.as_deref() == Some(co) || serde_norway::from_str::<Value>(co).is_ok_and(|v| &v == a),
+            };
+            let allowed = match b {
+                Value::String(n) => changes.iter().any(|(_, co, cn)| was(co) && cn == n),
                 _ => false,
             };
             if allowed {
@@ -93,5 +99,13 @@ mod tests {
         let to_number = vec![(1, "1.0".to_string(), "2024".to_string())];
         assert!(check(&tag, "tag: 2024\n", &to_number).is_err(), "a string tag must not become a number");
         assert!(check(&tag, "tag: \"2024\"\n", &to_number).is_ok());
+        // A plain float tag written as a string; its old text is what the rewriter read.
+        let float = parse_all("tag: 1.10\n").unwrap();
+        assert!(check(&float, "tag: v2\n", &[(1, "1.10".to_string(), "v2".to_string())]).is_ok());
+        assert!(check(&float, "tag: v2\n", &[(1, "1.2".to_string(), "v2".to_string())]).is_err());
+        // A quote is part of a value, never trimmed away.
+        let quoted = parse_all("tag: a\"\n").unwrap();
+        assert!(check(&quoted, "tag: v2\n", &[(1, "a\"".to_string(), "v2".to_string())]).is_ok());
+        assert!(check(&quoted, "tag: v2\n", &[(1, "a".to_string(), "v2".to_string())]).is_err());
     }
 }

@@ -25,9 +25,12 @@ use std::{
     ops::Range,
 };
 
+pub use super::reference::ImageRefParts;
 use super::{
     doc::{Node, NodeId, ParseError, Stream, Style},
-    plain, FileRewrite, Target,
+    plain,
+    reference::{image_policy, PolicyField},
+    FileRewrite, Target,
 };
 
 /// What a reference's value becomes.
@@ -35,6 +38,8 @@ use super::{
 enum New {
     /// `repo:tag` (`@digest` where one was pinned or pinning is asked for).
     Reference,
+    /// An Argo CD `kustomize.images` string: a reference, or `name=reference`.
+    ArgoImage,
     Tag,
     Digest,
 }
@@ -243,20 +248,18 @@ impl<'t> Rules<'_, 't, '_> {
             }
         }
 
-        // `image: repo:tag`.
+        // `image: repo:tag`, or a `repo:${IMAGE_TAG}` template.
         if let Some(image) = get("image") {
             let Some(value) = s.str(image) else { return };
-            let Some(r) = ImageRefParts::parse(value) else { return };
-            if r.repository != repository {
-                return;
-            }
-            if value.contains("${") {
+            if value.strip_prefix(repository).is_some_and(|rest| rest.starts_with(':') && rest.contains("${")) {
                 self.seen.insert(s.resolve(image));
                 self.out.references += 1;
                 self.out.templates = true;
                 return;
             }
-            self.reference(&[], &[(image, New::Reference)]);
+            if ImageRefParts::parse(value).is_some_and(|r| r.repository == repository) {
+                self.reference(&[], &[(image, New::Reference)]);
+            }
         }
     }
 
@@ -265,7 +268,7 @@ impl<'t> Rules<'_, 't, '_> {
         let Some(value) = self.s.str(item) else { return };
         let reference = value.split_once('=').map_or(value, |(_, r)| r);
         if ImageRefParts::parse(reference).is_some_and(|r| r.repository == self.target.repository) {
-            self.reference(&[], &[(item, New::Reference)]);
+            self.reference(&[], &[(item, New::ArgoImage)]);
         }
     }
 
@@ -332,8 +335,9 @@ impl<'t> Rules<'_, 't, '_> {
         let s = self.s;
         let Some(sc) = s.scalar(node) else { return };
         let value = match new {
-            // Argo CD's `name=repo:tag` keeps its name (a reference never holds `=`).
-            New::Reference => match sc.value.split_once('=') {
+            New::Reference => full_ref(&sc.value, self.target),
+            // Argo CD's `name=repo:tag` keeps its name.
+            New::ArgoImage => match sc.value.split_once('=') {
                 Some((name, old)) => format!("{name}={}", full_ref(old, self.target)),
                 None => full_ref(&sc.value, self.target),
             },
@@ -344,6 +348,24 @@ impl<'t> Rules<'_, 't, '_> {
             return;
         }
         let raw = &s.text[sc.token.clone()];
+        // The token must look like its style; if the parser's positions were off, nothing is
+        // spliced (and the reference is reported).
+        let located = match sc.style {
+            Style::Double => raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"'),
+            Style::Single => raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\''),
+            // Plain: the same words (a multi-line plain scalar folds its line breaks).
+            Style::Plain => !sc.value.is_empty() && raw.split_whitespace().eq(sc.value.split_whitespace()),
+            Style::Literal | Style::Folded => true,
+        };
+        if !located || !sc.exact {
+            let why = if sc.exact {
+                "the parser's position for this value is off: not rewritten"
+            } else {
+                "the value holds a tab after `:` or `-`, which the YAML parser cannot read exactly: not rewritten"
+            };
+            self.out.left_behind.push((s.line(sc.token.start), why.to_string()));
+            return;
+        }
         let (token, text) = match sc.style {
             Style::Double => (sc.token.clone(), format!("\"{value}\"")),
             Style::Single => (sc.token.clone(), format!("'{value}'")),
@@ -411,221 +433,6 @@ fn reads_as_string(plain: &str) -> bool {
     matches!(serde_norway::from_str::<serde_norway::Value>(plain), Ok(serde_norway::Value::String(s)) if s == plain)
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum PolicyField {
-    Full,
-    Tag,
-    Name,
-}
-
-/// Reads `{"$imagepolicy": "<namespace>:<name>[:tag|:name]"}` from a comment: (name, field).
-fn image_policy(comment: &str) -> Option<(&str, PolicyField)> {
-    let rest = &comment[comment.find("\"$imagepolicy\"")? + "\"$imagepolicy\"".len()..];
-    let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
-    let value = &rest[..rest.find('"')?];
-    let mut parts = value.split(':');
-    let (_namespace, name) = (parts.next()?, parts.next()?);
-    let field = match parts.next() {
-        None => PolicyField::Full,
-        Some("tag") => PolicyField::Tag,
-        Some("name") => PolicyField::Name,
-        Some(_) => return None,
-    };
-    Some((name, field))
-}
-
-/// A container image reference split into repository, tag and digest.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ImageRefParts<'a> {
-    pub repository: &'a str,
-    pub tag: Option<&'a str>,
-    pub digest: Option<&'a str>,
-}
-
-impl<'a> ImageRefParts<'a> {
-    pub fn parse(value: &'a str) -> Option<Self> {
-        if value.is_empty() || value.chars().any(|c| c.is_whitespace()) {
-            return None;
-        }
-        let (name, digest) = match value.split_once('@') {
-            Some((n, d)) => (n, Some(d)),
-            None => (value, None),
-        };
-        let (repository, tag) = match name.rfind(':') {
-            Some(i) if !name[i..].contains('/') => (&name[..i], Some(&name[i + 1..])),
-            _ => (name, None),
-        };
-        Some(Self { repository, tag, digest })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const T: Target<'static> = Target {
-        app: "flask-app",
-        repository: "127.0.0.1:5000/flask-app",
-        tag: "abc123",
-        digest: "sha256:feed",
-        pin_digest: false,
-        helm: None,
-    };
-
-    fn rw(text: &str) -> FileRewrite {
-        rewrite(text, &T).unwrap()
-    }
-
-    #[test]
-    fn splices_only_the_value_and_keeps_every_other_byte() {
-        let before = "# app\r\napiVersion: apps/v1\r\nkind: Deployment\r\nspec:\r\n  template:\r\n    spec:\r\n      initContainers:\r\n        - name: migrate\r\n          image: \"127.0.0.1:5000/flask-app:old\"   # keep me\r\n      containers:\r\n      - name: web\r\n        image: 127.0.0.1:5000/flask-app:old # pinned by CI\r\n        ports: [{containerPort: 8080}]\r\n      - name: sidecar\r\n        image: '127.0.0.1:5000/other:old'\r\n---\r\nkind: Pod\r\nspec:\r\n  containers:\r\n  - {name: x, image: 127.0.0.1:5000/flask-app:flow}\r\n  - image:   127.0.0.1:5000/flask-app\r\n";
-        let expected = before
-            .replace("\"127.0.0.1:5000/flask-app:old\"", "\"127.0.0.1:5000/flask-app:abc123\"")
-            .replace("image: 127.0.0.1:5000/flask-app:old #", "image: 127.0.0.1:5000/flask-app:abc123 #")
-            .replace("flask-app:flow}", "flask-app:abc123}")
-            .replace("image:   127.0.0.1:5000/flask-app\r\n", "image:   127.0.0.1:5000/flask-app:abc123\r\n");
-        let r = rw(before);
-        assert_eq!(r.text, expected);
-        assert_eq!(r.references, 4, "the flow mapping too; the other repo is not ours");
-        assert_eq!(r.changes.iter().map(|c| c.0).collect::<Vec<_>>(), vec![9, 12, 20, 21]);
-    }
-
-    #[test]
-    fn a_current_tag_is_a_reference_but_no_change() {
-        let text = "image: 127.0.0.1:5000/flask-app:abc123\n";
-        let r = rw(text);
-        assert_eq!((r.references, r.changes.len(), r.text.as_str()), (1, 0, text));
-    }
-
-    #[test]
-    fn a_pinned_digest_stays_pinned_with_the_new_one() {
-        assert_eq!(
-            rw("  image: 127.0.0.1:5000/flask-app:old@sha256:dead\n").text,
-            "  image: 127.0.0.1:5000/flask-app:abc123@sha256:feed\n"
-        );
-    }
-
-    #[test]
-    fn does_not_touch_lookalikes() {
-        for line in [
-            "imagePullPolicy: Always\n",
-            "image: 127.0.0.1:5000/flask-app-worker:old\n",
-            "# image: 127.0.0.1:5000/flask-app:old\n",
-            "image: |\n",
-            "script: |\n  docker run 127.0.0.1:5000/flask-app:old\n",
-            "description: \"image: 127.0.0.1:5000/flask-app:old\"\n",
-        ] {
-            let r = rw(line);
-            assert_eq!(r.text, line);
-            assert_eq!((r.references, r.left_behind.len()), (0, 0), "{line:?}");
-        }
-    }
-
-    /// A scalar that is exactly a reference to the image, under a key no shape covers, is never
-    /// skipped in silence: it is named, unless a pin keeps it on purpose.
-    #[test]
-    fn an_exact_reference_under_another_key_is_left_behind_by_name() {
-        let text = "spec:\n  env:\n    - name: SELF\n      value: 127.0.0.1:5000/flask-app:old\n  myimage: '127.0.0.1:5000/flask-app@sha256:dead'\n";
-        let r = rw(text);
-        assert_eq!(r.text, text);
-        assert_eq!(r.references, 2);
-        assert_eq!(r.left_behind.iter().map(|(l, _)| *l).collect::<Vec<_>>(), vec![4, 5]);
-        assert!(r.left_behind[0].1.starts_with("`value` holds 127.0.0.1:5000/flask-app:old, which is not a field"), "{:?}", r.left_behind);
-        let pinned = rw("myimage: 127.0.0.1:5000/flask-app:old # conveyor:pin\n");
-        assert_eq!((pinned.left_behind.len(), pinned.pinned.clone()), (0, vec![1]));
-    }
-
-    #[test]
-    fn helm_values_update_the_sibling_tag() {
-        let split = "image:\n  registry: 127.0.0.1:5000\n  repository: flask-app\n  pullPolicy: IfNotPresent\n  # Overrides the chart's appVersion\n  tag: \"1.0.0\"\nservice:\n  tag: keep\n";
-        assert_eq!(rw(split).text, split.replace("\"1.0.0\"", "\"abc123\""));
-        let joined = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0.0\n";
-        assert_eq!(rw(joined).text, joined.replace("1.0.0", "abc123"));
-        let image_key = "web:\n  image: 127.0.0.1:5000/flask-app\n  tag: v1 # app version\n";
-        assert_eq!(rw(image_key).text, image_key.replace("v1", "abc123"), "a tag-less image with a sibling tag keeps its own key");
-    }
-
-    #[test]
-    fn numeric_looking_tags_are_quoted_in_plain_values() {
-        let t = Target { tag: "1.10", ..T };
-        let text = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0.0\n";
-        assert_eq!(rewrite(text, &t).unwrap().text, "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: \"1.10\"\n");
-    }
-
-    /// The outage: an all-digit short SHA with a leading zero written plain is an integer to
-    /// kustomize (YAML 1.2), which then refuses `newTag`. Every misread form is quoted, in the
-    /// file's own quote style; a tag every loader reads as a string stays plain.
-    #[test]
-    fn tags_any_yaml_loader_would_misread_are_quoted_in_the_files_style() {
-        let k = "images:\n  - name: 127.0.0.1:5000/flask-app\n    newTag: old\n";
-        for tag in ["012345678901", "123456789012", "1e3", "0x1f", "yes", "off", "2026-12-02", "1_000"] {
-            let t = Target { tag, ..T };
-            assert_eq!(rewrite(k, &t).unwrap().text, k.replace("newTag: old", &format!("newTag: \"{tag}\"")), "{tag}");
-        }
-        let single = "labels:\n  team: 'web'\nimages:\n  - name: 127.0.0.1:5000/flask-app\n    newTag: old\n";
-        let t = Target { tag: "012345678901", ..T };
-        assert_eq!(rewrite(single, &t).unwrap().text, single.replace("newTag: old", "newTag: '012345678901'"), "the file quotes with '");
-        let t = Target { tag: "0a1b2c3d4e5f", ..T };
-        assert_eq!(rewrite(k, &t).unwrap().text, k.replace("newTag: old", "newTag: 0a1b2c3d4e5f"), "a string to every loader");
-    }
-
-    #[test]
-    fn kustomize_images_entries() {
-        let k = "resources:\n  - deployment.yaml\nimages:\n  - name: flask-app\n    newName: 127.0.0.1:5000/flask-app\n    newTag: old\n  - name: 127.0.0.1:5000/flask-app-worker\n    newTag: keep\n  - name: 127.0.0.1:5000/flask-app\n    digest: sha256:dead\n";
-        let r = rewrite(k, &T).unwrap();
-        assert_eq!(r.text, k.replace("newTag: old", "newTag: abc123").replace("sha256:dead", "sha256:feed"));
-        assert_eq!(r.references, 2);
-        let elsewhere = "spec:\n  name: 127.0.0.1:5000/flask-app\n  newTag: old\n";
-        assert_eq!(rewrite(elsewhere, &T).unwrap().references, 0, "name/newTag count in `images:` entries only");
-    }
-
-    #[test]
-    fn flux_setter_markers() {
-        let text = "spec:\n  image: registry.other/x:1 # {\"$imagepolicy\": \"flux-system:flask-app\"}\n  tag: 1 # {\"$imagepolicy\": \"flux-system:flask-app:tag\"}\n  name: r/x # {\"$imagepolicy\": \"flux-system:flask-app:name\"}\n  image: a/b:2 # {\"$imagepolicy\": \"flux-system:other\"}\n";
-        let r = rw(text);
-        assert_eq!(
-            r.text,
-            "spec:\n  image: 127.0.0.1:5000/flask-app:abc123 # {\"$imagepolicy\": \"flux-system:flask-app\"}\n  tag: abc123 # {\"$imagepolicy\": \"flux-system:flask-app:tag\"}\n  name: r/x # {\"$imagepolicy\": \"flux-system:flask-app:name\"}\n  image: a/b:2 # {\"$imagepolicy\": \"flux-system:other\"}\n"
-        );
-    }
-
-    #[test]
-    fn pins_and_templates_are_left_alone() {
-        let text =
-            "a:\n  image: 127.0.0.1:5000/flask-app:1.0 # conveyor:pin incident-42\nb:\n  image: 127.0.0.1:5000/flask-app:${IMAGE_TAG}\n";
-        let r = rw(text);
-        assert_eq!(r.text, text);
-        assert_eq!((r.references, r.pinned.clone(), r.templates), (2, vec![2], true));
-        let helm = "image:\n  repository: 127.0.0.1:5000/flask-app\n  tag: 1.0 # conveyor:pin\n";
-        assert_eq!(rw(helm).text, helm);
-    }
-
-    #[test]
-    fn configured_helm_key_paths() {
-        let t = Target { helm: Some(("web.deployment.imageRepo", "web.deployment.imageVersion")), ..T };
-        let text = "web:\n  deployment:\n    imageRepo: 127.0.0.1:5000/flask-app\n    # the version\n    imageVersion: \"1.0\"\n  other:\n    imageVersion: keep\nimageVersion: keep\n";
-        let r = rewrite(text, &t).unwrap();
-        assert_eq!(r.text, text.replacen("\"1.0\"", "\"abc123\"", 1));
-        assert_eq!(r.references, 1);
-        let other = text.replace("127.0.0.1:5000/flask-app", "127.0.0.1:5000/other");
-        assert_eq!(rewrite(&other, &t).unwrap().text, other, "another image's values are left alone");
-    }
-
-    #[test]
-    fn pin_digest_adds_the_digest_to_plain_references() {
-        let t = Target { pin_digest: true, ..T };
-        assert_eq!(
-            rewrite("image: 127.0.0.1:5000/flask-app:old\n", &t).unwrap().text,
-            "image: 127.0.0.1:5000/flask-app:abc123@sha256:feed\n"
-        );
-    }
-
-    #[test]
-    fn parses_references() {
-        assert_eq!(
-            ImageRefParts::parse("reg:5000/a/b:t@sha256:x"),
-            Some(ImageRefParts { repository: "reg:5000/a/b", tag: Some("t"), digest: Some("sha256:x") })
-        );
-        assert_eq!(ImageRefParts::parse("reg:5000/a"), Some(ImageRefParts { repository: "reg:5000/a", tag: None, digest: None }));
-    }
-}
+#[path = "yaml_tests.rs"]
+mod tests;
