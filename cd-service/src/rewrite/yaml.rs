@@ -162,8 +162,10 @@ impl<'t> Rules<'_, 't, '_> {
         }
     }
 
+    /// The comment on a value's line. A block scalar's bytes are its content lines, after its
+    /// header: what follows them is not its comment.
     fn comment(&self, id: NodeId) -> Option<&'t str> {
-        self.s.scalar(id).and_then(|sc| self.s.comment_after(&sc.token))
+        self.s.scalar(id).filter(|sc| !matches!(sc.style, Style::Literal | Style::Folded)).and_then(|sc| self.s.comment_after(&sc.token))
     }
 
     fn line(&self, id: NodeId) -> usize {
@@ -355,7 +357,7 @@ impl<'t> Rules<'_, 't, '_> {
             Style::Single => raw.len() >= 2 && raw.starts_with('\'') && raw.ends_with('\''),
             // Plain: the same words (a multi-line plain scalar folds its line breaks).
             Style::Plain => !sc.value.is_empty() && raw.split_whitespace().eq(sc.value.split_whitespace()),
-            Style::Literal | Style::Folded => true,
+            Style::Literal | Style::Folded => !sc.value.trim().is_empty(),
         };
         if !located || !sc.exact {
             let why = if sc.exact {

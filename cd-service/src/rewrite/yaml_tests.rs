@@ -174,6 +174,10 @@ fn fuzz_findings_stay_fixed() {
     );
     let second = rewrite(&first.text, &t).unwrap();
     assert_eq!((second.references, second.changes.len(), second.left_behind.len()), (first.references, 0, 0));
+    // An empty block scalar has no bytes to rewrite, and the next line's comment is not its own.
+    let block = "e: |\nimage: old:1 # {\"$imagepolicy\": \"flux-system:flask-app\"}\n";
+    let r = rewrite(block, &t).unwrap();
+    assert!(r.changes.iter().all(|(line, old, _)| *line == 2 && old == "old:1"), "{:?}", r.changes);
     // A lone CR ends a line: a comment after it belongs to the next value, not to this one.
     let cr = "a:\n  b/v2\rkind: x # {\"$imagepolicy\": \"flux-system:flask-app:tag\"}\n";
     let cr_line = "a:\n  b: v2\rkind: x # {\"$imagepolicy\": \"flux-system:flask-app:tag\"}\n";
