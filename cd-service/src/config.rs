@@ -134,9 +134,10 @@ impl Config {
         }
     }
 
-    /// A configuration with the defaults and this manifest repository.
+    /// A configuration with the defaults and this manifest repository (the environment is not
+    /// read, so it is the same on every machine).
     pub fn for_repo(manifest_repo: &str) -> Self {
-        Self::parse_from(["cd-service", "--manifest-repo", manifest_repo])
+        conveyor_proto::connect::parse_hermetic(&["cd-service", "--manifest-repo", manifest_repo])
     }
 
     pub fn repo_config(&self) -> RepoConfig {

@@ -159,9 +159,10 @@ impl Config {
         Duration::from_secs(self.records_max_age_days.max(1) * 24 * 3600)
     }
 
-    /// A configuration with the defaults, for embedding the service (tests, the demo).
+    /// A configuration with the defaults, for embedding the service (tests, the demo). The
+    /// environment is not read, so it is the same on every machine.
     pub fn defaults() -> Self {
-        Self::parse_from(["ci-service"])
+        conveyor_proto::connect::parse_hermetic(&["ci-service"])
     }
 }
 

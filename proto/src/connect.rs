@@ -179,3 +179,38 @@ pub async fn connect(args: &NatsArgs, name: &str, limit: Duration) -> Result<Con
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Parses a service's flags from `args` alone, never from the environment: the configuration
+/// tests and embedders start from (`Config::defaults()`), the same on every machine whatever
+/// `CONVEYOR_*` variables are set.
+pub fn parse_hermetic<T: clap::Parser>(args: &[&str]) -> T {
+    use clap::builder::Resettable;
+    let command = T::command().mut_args(|a| a.env(Resettable::Reset));
+    let matches = command.try_get_matches_from(args).unwrap_or_else(|e| e.exit());
+    T::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod hermetic_tests {
+    use super::*;
+
+    #[derive(clap::Parser, Debug)]
+    struct Flags {
+        #[arg(long, env = "CONVEYOR_HERMETIC_TEST_VALUE", default_value = "default")]
+        value: String,
+        #[command(flatten)]
+        nats: NatsArgs,
+    }
+
+    #[test]
+    fn the_environment_is_not_read() {
+        // Only this test reads this variable, so setting it cannot disturb another test.
+        unsafe { std::env::set_var("CONVEYOR_HERMETIC_TEST_VALUE", "from-env") };
+        let f: Flags = parse_hermetic(&["x"]);
+        assert_eq!((f.value.as_str(), f.nats.url.as_str()), ("default", "nats://127.0.0.1:4222"));
+        let f: Flags = parse_hermetic(&["x", "--value", "flag"]);
+        assert_eq!(f.value, "flag");
+        use clap::Parser;
+        assert_eq!(Flags::parse_from(["x"]).value, "from-env", "clap's own parse reads it");
+    }
+}

@@ -142,7 +142,7 @@ fn export_loop(shared: &Shared, endpoint: &str, resource: &[u8], scope: &str) {
             if !ok {
                 failures += 1;
                 // Once, then every 100th failure: the collector being away must not flood the log.
-                if failures == 1 || failures % 100 == 0 {
+                if failures == 1 || failures.is_multiple_of(100) {
                     let why = match sent {
                         Ok(r) => format!("HTTP {}", r.status()),
                         Err(e) => e.to_string(),

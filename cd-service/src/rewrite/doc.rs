@@ -174,12 +174,8 @@ impl<'t> Stream<'t> {
         for (k, v) in entries {
             match self.scalar(*k) {
                 Some(key) if key.value == "<<" && key.style == Style::Plain => merges.push(*v),
-                Some(key) => {
-                    if !out.iter().any(|(existing, _)| *existing == key.value) {
-                        out.push((key.value.as_str(), *v));
-                    }
-                }
-                None => {}
+                Some(key) if !out.iter().any(|(existing, _)| *existing == key.value) => out.push((key.value.as_str(), *v)),
+                _ => {}
             }
         }
         if depth < 16 {

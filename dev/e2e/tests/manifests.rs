@@ -165,7 +165,7 @@ fn a_tag_kustomize_would_read_as_a_number_is_written_so_that_it_builds() {
 
     // Control: written plain, kustomize refuses it.
     std::fs::write(&file, text.replace("newTag: initial", "newTag: 012345678901")).unwrap();
-    let refused = kustomize_build(&overlay).err().expect("kustomize refuses a numeric newTag");
+    let refused = kustomize_build(&overlay).expect_err("kustomize refuses a numeric newTag");
     assert!(refused.to_string().contains("newTag") || refused.to_string().contains("number"), "{refused}");
 
     for tag in ["012345678901", "123456789012", "1e3", "yes"] {

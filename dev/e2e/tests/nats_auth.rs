@@ -30,11 +30,11 @@ async fn publish_lands(js: &jetstream::Context, subject: &str) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn anonymous_clients_and_wrong_passwords_are_refused_at_connect() {
     let nats = TestNats::start().await;
-    let anonymous = connect(&NatsArgs::anonymous(&nats.url), "anon", LIMIT).await.err().expect("anonymous: refused");
+    let anonymous = connect(&NatsArgs::anonymous(&nats.url), "anon", LIMIT).await.expect_err("anonymous: refused");
     assert!(matches!(&anonymous, ConnectError::Refused { what, .. } if what.contains("needs credentials")), "{anonymous}");
-    let wrong = connect(&NatsArgs::user(&nats.url, "conveyor-ci", "not-the-password"), "wrong", LIMIT).await.err().expect("refused");
+    let wrong = connect(&NatsArgs::user(&nats.url, "conveyor-ci", "not-the-password"), "wrong", LIMIT).await.expect_err("refused");
     assert!(matches!(wrong, ConnectError::Refused { .. }), "{wrong}");
-    let unknown = connect(&NatsArgs::user(&nats.url, "mallory", &nats.passwords.ci), "unknown", LIMIT).await.err().expect("refused");
+    let unknown = connect(&NatsArgs::user(&nats.url, "mallory", &nats.passwords.ci), "unknown", LIMIT).await.expect_err("refused");
     assert!(matches!(unknown, ConnectError::Refused { .. }), "{unknown}");
     // The plain client library sees the same: nobody gets in without one of the users.
     assert!(async_nats::connect(&nats.url).await.is_err(), "anonymous raw client refused");

@@ -50,10 +50,7 @@ impl Tally {
 
 /// True when JetStream stored the publish (it must not, for a forged one).
 async fn stored(js: &jetstream::Context, subject: String, payload: Vec<u8>) -> bool {
-    match tokio::time::timeout(Duration::from_secs(5), async { js.publish(subject, payload.into()).await?.await }).await {
-        Ok(Ok(_)) => true,
-        _ => false,
-    }
+    matches!(tokio::time::timeout(Duration::from_secs(5), async { js.publish(subject, payload.into()).await?.await }).await, Ok(Ok(_)))
 }
 
 /// A forged event for `app`: a real app, a tag no build made.
