@@ -151,18 +151,7 @@ pub fn rewrite_scope(root: &Path, scope: &[PathBuf], target: &Target<'_>) -> Res
     let segment = target.repository.rsplit('/').next().unwrap_or(target.repository);
 
     for path in &yaml_files {
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let text = match String::from_utf8(bytes) {
-            Ok(t) => t,
-            Err(e) => {
-                if contains(e.as_bytes(), target.repository.as_bytes()) {
-                    left.push(behind(path, 0, "not UTF-8, and it names the image".into()));
-                } else {
-                    tracing::warn!(path = %rel(path), "skipping a manifest that is not UTF-8");
-                }
-                continue;
-            }
-        };
+        let Some(text) = read_utf8(path, &rel(path), target, &mut left)? else { continue };
         if !(text.contains(segment) || text.contains("$imagepolicy")) {
             continue;
         }
@@ -198,7 +187,7 @@ pub fn rewrite_scope(root: &Path, scope: &[PathBuf], target: &Target<'_>) -> Res
         collect(&mut result, &mut writes, &rel(path), path, file);
     }
     for path in &env_files {
-        let Some(text) = read_utf8(path)? else { continue };
+        let Some(text) = read_utf8(path, &rel(path), target, &mut left)? else { continue };
         let next_to_template = template_dirs.contains(path.parent().unwrap_or(root));
         let file = env::rewrite(&text, target, next_to_template);
         collect(&mut result, &mut writes, &rel(path), path, file);
@@ -212,12 +201,18 @@ pub fn rewrite_scope(root: &Path, scope: &[PathBuf], target: &Target<'_>) -> Res
     Ok(result)
 }
 
-fn read_utf8(path: &Path) -> Result<Option<String>, RewriteError> {
+/// A manifest's text, or `None` when it is not UTF-8: then it is a reference left behind if it
+/// names the image (YAML and env files alike), and skipped with a warning otherwise.
+fn read_utf8(path: &Path, rel: &str, target: &Target<'_>, left: &mut Vec<LeftBehind>) -> Result<Option<String>, RewriteError> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     match String::from_utf8(bytes) {
         Ok(t) => Ok(Some(t)),
+        Err(e) if contains(e.as_bytes(), target.repository.as_bytes()) => {
+            left.push(LeftBehind { path: rel.to_string(), line: 0, why: "not UTF-8, and it names the image".into() });
+            Ok(None)
+        }
         Err(_) => {
-            tracing::warn!(path = %path.display(), "skipping a manifest that is not UTF-8");
+            tracing::warn!(path = %rel, "skipping a manifest that is not UTF-8");
             Ok(None)
         }
     }
@@ -273,6 +268,18 @@ mod tests {
         assert_eq!(r.references, 2);
         assert_eq!(std::fs::read_to_string(repo.path().join("prod.env")).unwrap(), "IMAGE_TAG=new\n");
         assert_eq!(std::fs::read_to_string(repo.path().join("deploy.yaml")).unwrap(), "image: reg/app:${IMAGE_TAG}\n");
+    }
+
+    #[test]
+    fn a_non_utf8_env_file_that_names_the_image_is_left_behind_like_a_yaml_one() {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::write(repo.path().join("deploy.yaml"), "image: reg/app:old\n").unwrap();
+        std::fs::write(repo.path().join("prod.env"), b"# caf\xe9\nIMAGE=reg/app\nIMAGE_TAG=old\n").unwrap();
+        let err = rewrite_tree(repo.path(), &T).unwrap_err();
+        assert!(err.to_string().ends_with("prod.env: not UTF-8, and it names the image"), "{err}");
+        assert_eq!(std::fs::read_to_string(repo.path().join("deploy.yaml")).unwrap(), "image: reg/app:old\n", "nothing written");
+        std::fs::write(repo.path().join("prod.env"), b"# caf\xe9\nOTHER=1\n").unwrap();
+        assert_eq!(rewrite_tree(repo.path(), &T).unwrap().changes.len(), 1, "one that does not name it is skipped");
     }
 
     #[test]
