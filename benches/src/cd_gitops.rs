@@ -117,11 +117,7 @@ fn landed_events(repo: &git2::Repository, from: git2::Oid, to: git2::Oid) -> any
     let mut ids = Vec::new();
     for oid in walk {
         let commit = repo.find_commit(oid?)?;
-        for line in commit.message().unwrap_or_default().lines() {
-            if let Some(id) = line.strip_prefix("Conveyor-Event-Id: ") {
-                ids.push(id.trim().to_string());
-            }
-        }
+        ids.extend(conveyor_proto::trailers::values(commit.message().unwrap_or_default(), conveyor_proto::trailers::EVENT_ID));
     }
     Ok(ids)
 }

@@ -18,11 +18,12 @@ use futures::StreamExt;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use conveyor_api::cd::Outcome;
 use conveyor_telemetry::context;
 use tracing::field::Empty;
 
 use crate::{
-    gitops::{BatchOutcome, ManifestRepo, Verdict},
+    gitops::{BatchOutcome, ManifestRepo},
     metrics::Metrics,
     outcomes::{OutcomeRecord, Recent},
     trust::Trust,
@@ -66,50 +67,16 @@ pub struct Consumer {
     trust: Arc<Trust>,
 }
 
-/// What happened to one message (logged, and listed by `GET /outcomes`).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Committed {
-        commit: String,
-    },
-    /// Committed for some environments, refused for others; also dead-lettered with the reason.
-    Partial {
-        commit: String,
-        reason: String,
-    },
-    AlreadyCurrent,
-    Pinned(String),
-    Stale(String),
-    Held(String),
-    DeadLettered(String),
-    Retry(String),
-}
-
-impl Outcome {
-    fn parts(&self) -> (&'static str, Option<String>, Option<String>) {
-        match self {
-            Outcome::Committed { commit } => ("committed", None, Some(commit.clone())),
-            Outcome::Partial { commit, reason } => ("partial", Some(reason.clone()), Some(commit.clone())),
-            Outcome::AlreadyCurrent => ("already_current", None, None),
-            Outcome::Pinned(d) => ("pinned", Some(d.clone()), None),
-            Outcome::Stale(d) => ("stale", Some(d.clone()), None),
-            Outcome::Held(d) => ("held", Some(d.clone()), None),
-            Outcome::DeadLettered(d) => ("dead_lettered", Some(d.clone()), None),
-            Outcome::Retry(d) => ("retry", Some(d.clone()), None),
-        }
-    }
-}
-
 /// Remembers, counts and traces what happened to one message.
 fn record(seen: &Seen, span: &tracing::Span, msg: &Message, event: Option<&ImageBuilt>, outcome: &Outcome) {
-    let (name, detail, commit) = outcome.parts();
+    let name = outcome.name();
     span.record("conveyor.outcome", name);
-    if let Some(c) = &commit {
-        span.record("conveyor.manifest.commit", c.as_str());
+    if let Some(c) = outcome.commit() {
+        span.record("conveyor.manifest.commit", c);
     }
-    if matches!(outcome, Outcome::DeadLettered(_) | Outcome::Retry(_) | Outcome::Partial { .. }) {
+    if outcome.is_error() {
         span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", detail.as_deref().unwrap_or(name));
+        span.record("otel.status_description", outcome.detail().unwrap_or(name));
     }
     seen.metrics.event(name);
     let recent = &seen.recent;
@@ -119,9 +86,7 @@ fn record(seen: &Seen, span: &tracing::Span, msg: &Message, event: Option<&Image
         app: event.map(|e| e.app.clone()),
         image: event.map(|e| e.image.reference()),
         promotion_to: event.and_then(|e| e.deploy.as_ref()).map(|d| d.environment.clone()),
-        outcome: name,
-        detail,
-        commit,
+        outcome: outcome.clone(),
         trace_id: context::trace_id(span),
         at: time::OffsetDateTime::now_utc(),
     });
@@ -320,15 +285,15 @@ pub async fn handle_batch(
     seen.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
     let first = valid[0].2.clone();
     match result {
-        Ok(Ok(BatchOutcome { commit, changes, verdicts, attempts })) => {
+        Ok(Ok(BatchOutcome { commit, changes, outcomes: planned, attempts })) => {
             seen.metrics.push_retries.inc_by(u64::from(attempts.saturating_sub(1)));
             if let Some(c) = &commit {
                 seen.metrics.commits_pushed.inc();
                 let files: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
                 first.in_scope(|| tracing::info!(commit = %c, ?files, attempts, events = valid.len(), "manifest commit pushed"));
             }
-            for ((msg, event, span), verdict) in valid.iter().zip(verdicts) {
-                let outcome = settle(js, msg, event, verdict, commit.as_deref()).instrument(span.clone()).await;
+            for ((msg, event, span), planned) in valid.iter().zip(planned) {
+                let outcome = settle(js, msg, event, planned).instrument(span.clone()).await;
                 record(seen, span, msg, Some(event), &outcome);
                 outcomes.push(outcome);
             }
@@ -340,7 +305,7 @@ pub async fn handle_batch(
                     || tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "applying failed; handed back for redelivery"),
                 );
                 ack(msg, AckKind::Nak(Some(delay))).await;
-                let outcome = Outcome::Retry(e.to_string());
+                let outcome = Outcome::Retry { detail: e.to_string() };
                 record(seen, span, msg, Some(event), &outcome);
                 outcomes.push(outcome);
             }
@@ -349,7 +314,7 @@ pub async fn handle_batch(
             for (msg, event, span) in &valid {
                 span.in_scope(|| tracing::error!(error = %join, "apply task panicked; handed back for redelivery"));
                 ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
-                let outcome = Outcome::Retry(join.to_string());
+                let outcome = Outcome::Retry { detail: join.to_string() };
                 record(seen, span, msg, Some(event), &outcome);
                 outcomes.push(outcome);
             }
@@ -358,54 +323,42 @@ pub async fn handle_batch(
     outcomes
 }
 
-async fn settle(js: &jetstream::Context, msg: &Message, event: &ImageBuilt, verdict: Verdict, commit: Option<&str>) -> Outcome {
+/// Acks, dead-letters or hands back one message as the planner decided; a dead letter that
+/// cannot be published becomes a retry.
+async fn settle(js: &jetstream::Context, msg: &Message, event: &ImageBuilt, planned: Outcome) -> Outcome {
     let image = event.image.reference();
-    match verdict {
-        Verdict::Applied => {
-            let commit = commit.expect("an applied event is in the batch's commit").to_string();
+    match planned {
+        Outcome::Committed { .. } => {
             // Confirmed ack: the commit is pushed; a lost ack would only find the tag current.
             if let Err(e) = msg.double_ack().await {
                 tracing::warn!(error = %e, "ack not confirmed; a redelivery will find the tag current");
             }
-            Outcome::Committed { commit }
+            planned
         }
-        Verdict::AlreadyCurrent => {
-            tracing::info!(%image, "tag already current: no commit");
-            ack(msg, AckKind::Ack).await;
-            Outcome::AlreadyCurrent
-        }
-        Verdict::Pinned(locations) => {
-            tracing::warn!(%image, ?locations, "references are pinned (conveyor:pin): not updated");
-            ack(msg, AckKind::Ack).await;
-            Outcome::Pinned(locations.iter().map(|(p, l)| format!("{p}:{l}")).collect::<Vec<_>>().join(", "))
-        }
-        Verdict::Stale { deployed_build_started_at } => {
-            tracing::warn!(%image, build_started_at = %event.build_started_at, %deployed_build_started_at, "a newer build is deployed: not rolling back");
-            ack(msg, AckKind::Ack).await;
-            Outcome::Stale(format!("a build started at {deployed_build_started_at} is deployed"))
-        }
-        Verdict::Held(why) => {
-            tracing::info!(%image, ?why, "held in every environment: nothing deployed");
-            ack(msg, AckKind::Ack).await;
-            Outcome::Held(why.join("; "))
-        }
-        Verdict::NoReference => {
-            let reason = format!("no manifest references image repository {} (app {})", event.image.repository, event.app);
-            tracing::error!(%image, %reason, "dead-lettered");
-            dead_letter(js, msg, &reason).await
-        }
-        Verdict::Refused(reason) => {
-            tracing::error!(%image, %reason, "dead-lettered");
-            dead_letter(js, msg, &reason).await
-        }
-        Verdict::Partial { applied, refused } => {
-            let commit = commit.expect("a partly applied event is in the batch's commit").to_string();
-            let reason = format!("partly deployed: applied to {} in {commit}; refused for {refused}", applied.join(", "));
-            tracing::error!(%image, %reason, "partly deployed: dead-lettered with what was left behind");
-            match dead_letter(js, msg, &reason).await {
-                Outcome::DeadLettered(_) => Outcome::Partial { commit, reason },
+        Outcome::Partial { ref detail, .. } => {
+            tracing::error!(%image, reason = %detail, "partly deployed: dead-lettered with what was left behind");
+            match dead_letter(js, msg, detail).await {
+                Outcome::DeadLettered { .. } => planned,
                 other => other,
             }
+        }
+        Outcome::DeadLettered { detail } => {
+            tracing::error!(%image, reason = %detail, "dead-lettered");
+            dead_letter(js, msg, &detail).await
+        }
+        skipped => {
+            match &skipped {
+                Outcome::Stale { detail } => {
+                    tracing::warn!(%image, build_started_at = %event.build_started_at, %detail, "a newer build is deployed: not rolling back")
+                }
+                Outcome::Pinned { detail } => {
+                    tracing::warn!(%image, locations = %detail, "references are pinned (conveyor:pin): not updated")
+                }
+                Outcome::Held { detail } => tracing::info!(%image, why = %detail, "held in every environment: nothing deployed"),
+                _ => tracing::info!(%image, "tag already current: no commit"),
+            }
+            ack(msg, AckKind::Ack).await;
+            skipped
         }
     }
 }
@@ -422,17 +375,17 @@ async fn dead_letter(js: &jetstream::Context, msg: &Message, reason: &str) -> Ou
     match tokio::time::timeout(Duration::from_secs(10), published).await {
         Ok(Ok(_)) => {
             ack(msg, AckKind::Term).await;
-            Outcome::DeadLettered(reason.to_string())
+            Outcome::DeadLettered { detail: reason.to_string() }
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "dead-letter publish failed; handing the event back");
             ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
-            Outcome::Retry(e.to_string())
+            Outcome::Retry { detail: e.to_string() }
         }
         Err(_) => {
             tracing::error!("dead-letter publish timed out; handing the event back");
             ack(msg, AckKind::Nak(Some(redelivery_delay(delivered(msg))))).await;
-            Outcome::Retry("dead-letter publish timed out".into())
+            Outcome::Retry { detail: "dead-letter publish timed out".into() }
         }
     }
 }

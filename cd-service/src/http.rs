@@ -24,20 +24,14 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
-use serde_json::json;
+use conveyor_api::{
+    cd::{HistoryQuery, OutcomesQuery, PromoteAccepted, PromoteRequest, Readiness, ReplayRequest},
+    ApiError,
+};
 use tokio::sync::Mutex;
 use tracing::{field::Empty, Instrument};
 
-use crate::{
-    gitops::ManifestRepo,
-    manifest_config,
-    metrics::Metrics,
-    outcomes::Recent,
-    promote::{self, PromoteError},
-    replay::{self, ReplayError},
-    trust::Trust,
-};
+use crate::{gitops::ManifestRepo, manifest_config, metrics::Metrics, outcomes::Recent, promote, replay, trust::Trust};
 use conveyor_proto::Secret;
 
 pub struct HttpState {
@@ -67,10 +61,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
-        .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
-        })
+        .fallback(|| async { ApiError::new(404, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(405, "method_not_allowed", "this route does not take that method") })
         .with_state(state)
 }
 
@@ -80,32 +72,16 @@ async fn require_token(State(state): State<Arc<HttpState>>, req: axum::extract::
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(conveyor_proto::bearer_token);
     match given {
         Some(g) if token.matches(g) => next.run(req).await,
-        Some(_) => error(StatusCode::UNAUTHORIZED, "unauthorized", "the API token does not match"),
-        None => error(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs `Authorization: Bearer <API token>` (CONVEYOR_API_TOKEN)"),
+        Some(_) => ApiError::new(401, "unauthorized", "the API token does not match").into_response(),
+        None => {
+            ApiError::new(401, "unauthorized", "this call needs `Authorization: Bearer <API token>` (CONVEYOR_API_TOKEN)").into_response()
+        }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PromoteRequest {
-    pub app: String,
-    pub environment: String,
-    pub tag: String,
-    #[serde(default)]
-    pub requested_by: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct OutcomesQuery {
-    limit: Option<usize>,
-    outcome: Option<String>,
 }
 
 async fn outcomes_handler(State(state): State<Arc<HttpState>>, Query(q): Query<OutcomesQuery>) -> Response {
     Json(state.recent.list(q.limit.unwrap_or(100).min(1000), q.outcome.as_deref())).into_response()
 }
-
-use conveyor_http::error;
 
 /// Runs a request that publishes a deploy in a server span (continuing an incoming
 /// `traceparent`) and records its answer there.
@@ -146,123 +122,76 @@ async fn promote_handler(
     headers: HeaderMap,
     body: Result<Json<PromoteRequest>, JsonRejection>,
 ) -> Response {
-    traced("promote", "/promote", &headers, promote_request(state, body)).await
+    traced("promote", "/promote", &headers, async { promote_request(state, body).await.into_response() }).await
 }
 
-async fn promote_request(state: Arc<HttpState>, body: Result<Json<PromoteRequest>, JsonRejection>) -> Response {
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(r) => return error(r.status(), "invalid_request", r.body_text()),
-    };
+/// A JSON body, or the `invalid_request` error saying what is wrong with it.
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|r| ApiError::new(r.status().as_u16(), "invalid_request", r.body_text()))
+}
+
+async fn promote_request(state: Arc<HttpState>, req: Result<Json<PromoteRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let req = body(req)?;
     // The environment must exist for the app in the manifest repository as last synced.
     let known = {
         let repo = state.repo.lock().await;
         match manifest_config::load(repo.work_tree()) {
             Ok(Some(c)) => c.apps.get(&req.app).map(|a| a.environments.contains_key(&req.environment)).ok_or("unknown_app"),
             Ok(None) => Ok(req.environment == manifest_config::DEFAULT_ENV),
-            Err(e) => return error(StatusCode::CONFLICT, "invalid_manifest_config", e),
+            Err(e) => return Err(ApiError::new(409, "invalid_manifest_config", e)),
         }
     };
     match known {
-        Err(code) => return error(StatusCode::NOT_FOUND, code, format!("app {:?} is not in {}", req.app, manifest_config::FILE)),
+        Err(code) => return Err(ApiError::new(404, code, format!("app {:?} is not in {}", req.app, manifest_config::FILE))),
         Ok(false) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "unknown_environment",
-                format!("app {:?} has no environment {:?}", req.app, req.environment),
-            )
+            return Err(ApiError::new(404, "unknown_environment", format!("app {:?} has no environment {:?}", req.app, req.environment)))
         }
         Ok(true) => {}
     }
     let by = req.requested_by.as_deref().unwrap_or("api");
-    match promote::promote(&state.js, &state.trust, &req.app, &req.environment, &req.tag, by).await {
-        Ok((sequence, event)) => {
-            tracing::info!(app = %req.app, env = %req.environment, tag = %req.tag, %by, sequence, "promotion queued");
-            let body = json!({ "event_id": event.event_id, "sequence": sequence, "image": event.image.reference(), "trace_id": current_trace_id() });
-            (StatusCode::ACCEPTED, Json(body)).into_response()
-        }
-        Err(PromoteError::Invalid(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m),
-        Err(e @ PromoteError::UnknownTag { .. }) => error(StatusCode::NOT_FOUND, "unknown_tag", e.to_string()),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", e.to_string()),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct HistoryQuery {
-    app: String,
-    env: Option<String>,
-    limit: Option<usize>,
+    let (sequence, event) = promote::promote(&state.js, &state.trust, &req.app, &req.environment, &req.tag, by).await?;
+    tracing::info!(app = %req.app, env = %req.environment, tag = %req.tag, %by, sequence, "promotion queued");
+    let accepted = PromoteAccepted { event_id: event.event_id, sequence, image: event.image.reference(), trace_id: current_trace_id() };
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 
 /// `GET /history?app=web&env=staging&limit=20`: deployments newest first, with the stream
 /// sequence of each event still in the stream.
-async fn history_handler(State(state): State<Arc<HttpState>>, Query(q): Query<HistoryQuery>) -> Response {
-    if let Err(e) = conveyor_proto::validate::app_name(&q.app) {
-        return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string());
-    }
-    let log = {
+async fn history_handler(State(state): State<Arc<HttpState>>, Query(q): Query<HistoryQuery>) -> Result<Response, ApiError> {
+    conveyor_proto::validate::app_name(&q.app).map_err(|e| ApiError::new(422, "invalid_request", e.to_string()))?;
+    let mut deployments = {
         let repo = state.repo.lock().await;
-        match tokio::task::block_in_place(|| repo.sync().and_then(|_| repo.log(5000))) {
-            Ok(log) => log,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "repo_unavailable", e.to_string()),
-        }
+        tokio::task::block_in_place(|| repo.sync()).map_err(|e| ApiError::new(503, "repo_unavailable", e.to_string()))?;
+        repo.deployments(&q.app, q.env.as_deref(), q.limit.unwrap_or(50).min(1000))
     };
-    let mut deployments = crate::history::from_log(&log, &q.app, q.env.as_deref(), q.limit.unwrap_or(50).min(1000));
-    let events = match replay::app_events(&state.js, &state.trust, &q.app).await {
-        Ok(e) => e,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable", e.to_string()),
-    };
+    let events =
+        replay::app_events(&state.js, &state.trust, &q.app).await.map_err(|e| ApiError::new(503, "stream_unavailable", e.to_string()))?;
     if deployments.is_empty() && events.is_empty() {
-        return error(StatusCode::NOT_FOUND, "unknown_app", format!("nothing was ever deployed or built for app {:?}", q.app));
+        return Err(ApiError::new(404, "unknown_app", format!("nothing was ever deployed or built for app {:?}", q.app)));
     }
     for d in &mut deployments {
         d.sequence = events.iter().find(|(_, e)| e.event_id == d.event_id).map(|(s, _)| *s);
     }
-    Json(deployments).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayBody {
-    pub app: String,
-    /// `"previous"`.
-    #[serde(default)]
-    pub to: Option<String>,
-    #[serde(default)]
-    pub sequence: Option<u64>,
-    #[serde(default)]
-    pub tag: Option<String>,
-    #[serde(default)]
-    pub environment: Option<String>,
-    #[serde(default)]
-    pub into: Option<String>,
-    #[serde(default)]
-    pub requested_by: Option<String>,
-    #[serde(default)]
-    pub dry_run: bool,
+    Ok(Json(deployments).into_response())
 }
 
 async fn replay_handler(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
-    body: Result<Json<ReplayBody>, JsonRejection>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Response {
-    traced("replay", "/replay", &headers, replay_request(state, body)).await
+    traced("replay", "/replay", &headers, async { replay_request(state, body).await.into_response() }).await
 }
 
-async fn replay_request(state: Arc<HttpState>, body: Result<Json<ReplayBody>, JsonRejection>) -> Response {
-    let b = match body {
-        Ok(Json(b)) => b,
-        Err(r) => return error(r.status(), "invalid_request", r.body_text()),
-    };
+async fn replay_request(state: Arc<HttpState>, b: Result<Json<ReplayRequest>, JsonRejection>) -> Result<Response, ApiError> {
+    let b = body(b)?;
+    let invalid = |m: String| ApiError::new(422, "invalid_request", m);
     let target = match (b.to.as_deref(), b.sequence, b.tag) {
         (Some("previous"), None, None) => replay::Target::Previous,
         (None, Some(seq), None) => replay::Target::Sequence(seq),
         (None, None, Some(tag)) => replay::Target::Tag(tag),
-        (Some(other), None, None) => {
-            return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("`to` must be \"previous\", not {other:?}"))
-        }
-        _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "give exactly one of `to: previous`, `sequence` or `tag`"),
+        (Some(other), None, None) => return Err(invalid(format!("`to` must be \"previous\", not {other:?}"))),
+        _ => return Err(invalid("give exactly one of `to: previous`, `sequence` or `tag`".into())),
     };
     let req = replay::Request {
         app: b.app,
@@ -272,32 +201,13 @@ async fn replay_request(state: Arc<HttpState>, body: Result<Json<ReplayBody>, Js
         requested_by: b.requested_by.unwrap_or_else(|| "api".into()),
         dry_run: b.dry_run,
     };
-    match replay::replay(&state.js, &state.trust, &state.repo, req).await {
-        Ok(mut plan) => {
-            plan.trace_id = current_trace_id();
-            if plan.diff.is_none() {
-                tracing::info!(app = %plan.app, env = %plan.environment, image = %plan.image, kind = plan.kind.as_str(), of_sequence = plan.of_sequence, "replay queued");
-            }
-            let status = if plan.diff.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
-            (status, Json(plan)).into_response()
-        }
-        Err(e) => {
-            let (status, code) = match &e {
-                ReplayError::Invalid(_) | ReplayError::AmbiguousEnvironment { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-                ReplayError::UnknownApp(_) => (StatusCode::NOT_FOUND, "unknown_app"),
-                ReplayError::UnknownEnvironment { .. } => (StatusCode::NOT_FOUND, "unknown_environment"),
-                ReplayError::UnknownTag { .. } => (StatusCode::NOT_FOUND, "unknown_tag"),
-                ReplayError::OutOfRange { .. } => (StatusCode::NOT_FOUND, "sequence_out_of_range"),
-                ReplayError::NotThisApp { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "other_app"),
-                ReplayError::Untrusted(_) => (StatusCode::UNPROCESSABLE_ENTITY, "untrusted_event"),
-                ReplayError::AgedOut { .. } => (StatusCode::GONE, "aged_out"),
-                ReplayError::NothingBefore { .. } => (StatusCode::CONFLICT, "nothing_before"),
-                ReplayError::Repo(_) => (StatusCode::SERVICE_UNAVAILABLE, "repo_unavailable"),
-                ReplayError::Stream(_) | ReplayError::Publish(_) => (StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable"),
-            };
-            error(status, code, e.to_string())
-        }
+    let mut plan = replay::replay(&state.js, &state.trust, &state.repo, req).await?;
+    plan.trace_id = current_trace_id();
+    if plan.diff.is_none() {
+        tracing::info!(app = %plan.app, env = %plan.environment, image = %plan.image, kind = plan.kind.as_str(), of_sequence = plan.of_sequence, "replay queued");
     }
+    let status = if plan.diff.is_some() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(plan)).into_response())
 }
 
 /// Ready when NATS is connected and the consume loop runs.
@@ -309,11 +219,8 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     if !state.consuming.load(Ordering::Relaxed) {
         failing.push("consumer: stopped");
     }
-    if failing.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "failing": failing }))).into_response()
-    }
+    let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { ready: failing.is_empty(), failing: failing.into_iter().map(String::from).collect() })).into_response()
 }
 
 /// Prometheus metrics; the consumer's lag is read from JetStream at each scrape.

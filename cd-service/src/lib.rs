@@ -4,7 +4,6 @@
 pub mod config;
 pub mod consume;
 pub mod gitops;
-pub mod history;
 pub mod http;
 pub mod manifest_config;
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! The cd-service binary: open the manifest clone and the consumer and apply events until
 //! SIGINT/SIGTERM. Promotions, replays and history are asked of it with `conveyor`
-//! (`src/bin/conveyor.rs`), over its HTTP API.
+//! (crate `conveyor-cli`, in `cli/`), over its HTTP API.
 
 use clap::Parser;
 

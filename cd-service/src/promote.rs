@@ -23,6 +23,17 @@ pub enum PromoteError {
     Publish(#[from] conveyor_proto::stream::StreamError),
 }
 
+impl From<PromoteError> for conveyor_api::ApiError {
+    fn from(e: PromoteError) -> Self {
+        let (status, code) = match &e {
+            PromoteError::Invalid(_) => (422, "invalid_request"),
+            PromoteError::UnknownTag { .. } => (404, "unknown_tag"),
+            PromoteError::Stream(_) | PromoteError::Publish(_) => (503, "stream_unavailable"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
 /// The newest verified image-built event (not a promotion) of `app` with `tag`.
 pub async fn find_build(js: &jetstream::Context, trust: &Trust, app: &str, tag: &str) -> Result<ImageBuilt, PromoteError> {
     let events = crate::replay::app_events(js, trust, app).await.map_err(|e| PromoteError::Stream(e.to_string()))?;

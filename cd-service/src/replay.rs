@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, stream};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use crate::{gitops::ManifestRepo, history, manifest_config, trust::Trust};
+use crate::{gitops::ManifestRepo, manifest_config, trust::Trust};
+use conveyor_api::ApiError;
 use conveyor_proto::{
     app_events_filter, deploy_subject_for_app, stream::publish_event, subject_for_app, validate, DeployIntent, ImageBuilt, IntentKind,
     EVENTS_STREAM,
@@ -66,6 +66,25 @@ pub enum ReplayError {
     Repo(#[from] crate::gitops::GitOpsError),
     #[error(transparent)]
     Publish(#[from] conveyor_proto::stream::StreamError),
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> Self {
+        let (status, code) = match &e {
+            ReplayError::Invalid(_) | ReplayError::AmbiguousEnvironment { .. } => (422, "invalid_request"),
+            ReplayError::UnknownApp(_) => (404, "unknown_app"),
+            ReplayError::UnknownEnvironment { .. } => (404, "unknown_environment"),
+            ReplayError::UnknownTag { .. } => (404, "unknown_tag"),
+            ReplayError::OutOfRange { .. } => (404, "sequence_out_of_range"),
+            ReplayError::NotThisApp { .. } => (422, "other_app"),
+            ReplayError::Untrusted(_) => (422, "untrusted_event"),
+            ReplayError::AgedOut { .. } => (410, "aged_out"),
+            ReplayError::NothingBefore { .. } => (409, "nothing_before"),
+            ReplayError::Repo(_) => (503, "repo_unavailable"),
+            ReplayError::Stream(_) | ReplayError::Publish(_) => (503, "stream_unavailable"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
 }
 
 fn oldest_note(oldest: &Option<(u64, String)>) -> String {
@@ -126,25 +145,8 @@ fn oldest(events: &[(u64, ImageBuilt)]) -> Option<(u64, String)> {
     events.iter().find(|(_, e)| e.deploy.is_none()).map(|(s, e)| (*s, e.image.reference()))
 }
 
-/// What a replay will do, or did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub app: String,
-    pub environment: String,
-    pub kind: IntentKind,
-    pub image: String,
-    pub digest: String,
-    /// The replayed event and its stream sequence.
-    pub of_event: String,
-    pub of_sequence: u64,
-    /// The published replay event (not for a dry run).
-    pub event_id: Option<String>,
-    pub sequence: Option<u64>,
-    /// The diff a dry run would commit.
-    pub diff: Option<String>,
-    /// The trace of this replay (linked to the original build's).
-    pub trace_id: Option<String>,
-}
+/// What a replay will do, or did (the API's answer).
+pub use conveyor_api::cd::ReplayPlan as Plan;
 
 /// Resolves the request against the stream and the manifest repository, then publishes the
 /// replay (or, for a dry run, computes its diff).
@@ -157,11 +159,8 @@ pub async fn replay(js: &jetstream::Context, trust: &Trust, repo: &Mutex<Manifes
     let (env, deployments) = {
         let repo = repo.lock().await;
         let env = environment(&repo, &req, !events.is_empty())?;
-        let log = tokio::task::block_in_place(|| -> Result<_, ReplayError> {
-            repo.sync()?;
-            Ok(repo.log(5000)?)
-        })?;
-        let deployments = history::from_log(&log, &req.app, Some(&env), 100);
+        tokio::task::block_in_place(|| repo.sync())?;
+        let deployments = repo.deployments(&req.app, Some(&env), 100);
         (env, deployments)
     };
     let (of_sequence, original) = match &req.target {

@@ -68,7 +68,7 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
     );
 
     // And v3 with the CLI.
-    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+    let out = Command::new(conveyor_testkit::conveyor_cli())
         .args(["promote", "web", "--to", "production", "--tag", "v3", "--as", "bob", "--url", &format!("http://{}", cd.http)])
         .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)
         .output()
@@ -95,7 +95,7 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
         let (s, b) = post_promote(&cd, body.clone()).await;
         assert_eq!((s, b["error"].as_str()), (status, Some(code)), "{body} -> {b}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+    let out = Command::new(conveyor_testkit::conveyor_cli())
         .args(["promote", "web", "--to", "production", "--tag", "v9", "--url", &format!("http://{}", cd.http)])
         .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)
         .output()

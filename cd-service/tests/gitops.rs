@@ -10,9 +10,10 @@ use common::{applied, image_built, race_the_next_push, seeded_repo, start_cd, st
 use std::path::Path;
 
 use cd_service::{
-    gitops::{GitOpsError, ManifestRepo, Verdict},
+    gitops::{GitOpsError, ManifestRepo},
     Config,
 };
+use conveyor_api::cd::Outcome;
 use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
 use conveyor_testkit::{BareRepo, TestNats, TestSshd, WorkClone};
 
@@ -125,13 +126,14 @@ fn a_batch_deploying_two_builds_of_an_app_guards_with_the_newer_one() {
     let r9 = image_built("web", REPO, "r9", t0 + time::Duration::seconds(1));
 
     let first = replica("a").apply_batch(&[r8.clone(), r9]).expect("apply");
-    assert_eq!(first.verdicts, vec![Verdict::Applied, Verdict::Applied]);
+    let commit = first.commit.clone().expect("pushed");
+    assert_eq!(first.outcomes, vec![Outcome::Committed { commit: commit.clone() }, Outcome::Committed { commit }]);
     assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:r9"));
     let commits = bare.count("main");
 
     // The older event again, at another replica (as after an ack timeout).
     let again = replica("b").apply_batch(&[r8]).expect("apply");
-    assert!(matches!(again.verdicts[0], Verdict::Stale { .. }), "{:?}", again.verdicts);
+    assert!(matches!(again.outcomes[0], Outcome::Stale { .. }), "{:?}", again.outcomes);
     assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:r9"), "not rolled back");
     assert_eq!(bare.count("main"), commits, "nothing committed");
 }

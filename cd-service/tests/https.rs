@@ -7,9 +7,10 @@ use common::image_built;
 use std::path::Path;
 
 use cd_service::{
-    gitops::{GitOpsError, ManifestRepo, Secret, Verdict},
+    gitops::{GitOpsError, ManifestRepo, Secret},
     Config,
 };
+use conveyor_api::cd::Outcome;
 use conveyor_proto::ImageBuilt;
 use conveyor_testkit::{BareRepo, TestGitHttps, WorkClone};
 
@@ -51,7 +52,8 @@ async fn pushes_over_https_with_a_token_and_names_a_refused_or_missing_token() {
         let repo = ManifestRepo::open_or_clone(repo_config(&url, Some("s3cret-token"), work.path())).expect("clone over https");
         repo.apply_batch(&[event()]).expect("apply over https")
     });
-    assert_eq!(outcome.verdicts, vec![Verdict::Applied]);
+    let commit = outcome.commit.clone().expect("pushed");
+    assert_eq!(outcome.outcomes, vec![Outcome::Committed { commit }]);
     assert!(bare.show("main", "apps/web/deployment.yaml").contains("team/web:over-https"), "{}", server.log());
     let debug = format!("{:?}", repo_config(&url, Some("s3cret-token"), work.path()));
     assert!(!debug.contains("s3cret-token"), "the token never appears in Debug output: {debug}");

@@ -22,7 +22,7 @@ fn build(tag: &str, minute: i64) -> conveyor_proto::ImageBuilt {
 
 /// Runs the `conveyor` CLI against `cd`; returns (success, stdout, stderr).
 fn conveyor(cd: &RunningCd, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_conveyor"))
+    let out = Command::new(conveyor_testkit::conveyor_cli())
         .args(args)
         .env("CONVEYOR_CD_URL", format!("http://{}", cd.http))
         .env("CONVEYOR_API_TOKEN", conveyor_testkit::API_TOKEN)

@@ -1,6 +1,6 @@
 //! The event contract between `ci-service` and `cd-service`: the image-built event, the NATS
 //! stream and subject names, the message headers and the validation both sides apply.
-//! Without features this crate does no I/O; the `nats` feature adds opening the shared stream.
+//! Without features this crate does no I/O; the `nats` feature adds opening the shared stream, `git` the deploy-commit trailers.
 //! Both services depend on it and on nothing else of each other.
 
 pub mod event;
@@ -21,3 +21,5 @@ pub use validate::ValidationError;
 pub mod connect;
 #[cfg(feature = "nats")]
 pub mod stream;
+#[cfg(feature = "git")]
+pub mod trailers;

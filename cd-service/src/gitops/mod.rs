@@ -3,12 +3,12 @@
 //! server accepted the ref update; a rejected or stale push is retried from a fresh fetch (the
 //! edit is re-derived on the new head, never force-pushed). Blocking: call from `spawn_blocking`.
 //! The transport (credentials, known_hosts, URL parsing, stale locks) is in `transport.rs`, the
-//! commit message and its trailers in `trailers.rs`. This file is still near 600 lines because
-//! the batch planner (`apply_traced`) lives here with the git steps it interleaves.
+//! deploy planner (edits and outcomes, no git) in `plan.rs`, the in-memory index of what is
+//! deployed in `index.rs`, the commit message in `trailers.rs`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -16,10 +16,10 @@ use git2::{build::CheckoutBuilder, ErrorCode, FetchOptions, PushOptions, Reposit
 
 use crate::{
     manifest_config::{self, ManifestConfig},
-    rewrite::{self, Change, Target},
+    rewrite::{self, Change},
 };
+use conveyor_api::cd::{Deployment, Outcome};
 use conveyor_proto::ImageBuilt;
-use time::OffsetDateTime;
 use tracing::field::Empty;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +56,13 @@ pub use conveyor_proto::Secret;
 pub use trailers::commit_message;
 pub use transport::STALE_REMOTE_LOCK;
 
+mod index;
+mod plan;
 mod trailers;
 mod transport;
 
-use trailers::{deploy_trailers, rfc3339};
+use index::DeployIndex;
+use plan::Plan;
 use transport::{callbacks, classify, local_remote_path, remove_stale_locks, remove_stale_remote_locks, Seen};
 
 /// How to reach the remote.
@@ -93,59 +96,22 @@ pub struct RepoConfig {
     pub max_push_attempts: u32,
 }
 
-/// What happened to one event of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Its changes are in the batch's commit.
-    Applied,
-    /// Every reference already had this tag.
-    AlreadyCurrent,
-    /// The references that differ are pinned (`conveyor:pin`): (path, line).
-    Pinned(Vec<(String, usize)>),
-    /// A build that started later is already deployed for this app: not rolled back.
-    Stale { deployed_build_started_at: String },
-    /// No manifest references the image.
-    NoReference,
-    /// Every environment of the app is held (manual policy, or pinned in conveyor.yaml).
-    Held(Vec<String>),
-    /// The rewrite was refused (it would have changed more than the image values, or a
-    /// reference to the image could not be rewritten): nothing was written for it.
-    Refused(String),
-    /// Applied to the environments in `applied` (their changes are in the commit) and refused
-    /// in others, with the reasons: not a success, and reported as such.
-    Partial { applied: Vec<String>, refused: String },
-}
-
-impl Verdict {
-    /// A stable word for spans and logs.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Verdict::Applied => "applied",
-            Verdict::AlreadyCurrent => "already_current",
-            Verdict::Pinned(_) => "pinned",
-            Verdict::Stale { .. } => "stale",
-            Verdict::NoReference => "no_reference",
-            Verdict::Held(_) => "held",
-            Verdict::Refused(_) => "refused",
-            Verdict::Partial { .. } => "partial",
-        }
-    }
-}
-
 /// The outcome of applying a batch of events.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BatchOutcome {
     /// The pushed commit, if any event changed anything.
     pub commit: Option<String>,
     pub changes: Vec<Change>,
-    /// One verdict per event, in order.
-    pub verdicts: Vec<Verdict>,
+    /// One per event, in order; a `Committed` or `Partial` one names the pushed commit.
+    pub outcomes: Vec<Outcome>,
     pub attempts: u32,
 }
 
 pub struct ManifestRepo {
     cfg: RepoConfig,
     repo: Repository,
+    /// What is deployed, refreshed by every sync.
+    index: Mutex<DeployIndex>,
 }
 
 impl ManifestRepo {
@@ -167,7 +133,7 @@ impl ManifestRepo {
         if current.as_deref() != Some(cfg.url.as_str()) {
             repo.remote_set_url("origin", &cfg.url)?;
         }
-        let this = Self { cfg, repo };
+        let this = Self { cfg, repo, index: Mutex::default() };
         // Fail at start-up, not at the first event, when the remote or branch is unreachable.
         this.sync()?;
         Ok(this)
@@ -206,6 +172,7 @@ impl ManifestRepo {
         self.repo.reference(&local, oid, true, "conveyor: sync with origin")?;
         self.repo.set_head(&local)?;
         self.repo.reset(commit.as_object(), git2::ResetType::Hard, Some(CheckoutBuilder::new().force().remove_untracked(true)))?;
+        self.index.lock().expect("the deploy index lock is never held across a panic").refresh(&self.repo, oid)?;
         Ok(oid)
     }
 
@@ -228,94 +195,12 @@ impl ManifestRepo {
             self.sync()?;
             let root = self.work_tree();
             let config = manifest_config::load(root).map_err(GitOpsError::Config)?;
-            let mut deployed = self.deployed_build_starts(events)?;
-            let mut verdicts = Vec::with_capacity(events.len());
-            let mut changes = Vec::new();
-            // Per environment: the events that changed it and the paths they changed.
-            let mut per_env: BTreeMap<String, (Vec<usize>, Vec<String>)> = BTreeMap::new();
-            for (index, event) in events.iter().enumerate() {
-                let span = tracing::info_span!(
-                    parent: parent(index),
-                    "rewrite",
-                    otel.status_code = Empty,
-                    otel.status_description = Empty,
-                    conveyor.app = %event.app,
-                    container.image.name = %event.image.repository,
-                    conveyor.image.tag = %event.image.tag,
-                    conveyor.attempt = attempt,
-                    conveyor.verdict = Empty,
-                );
-                let _in_rewrite = span.enter();
-                let placements = match manifest_config::placements(config.as_ref(), root, event) {
-                    Ok(p) => p,
-                    Err(reason) => {
-                        span.record("otel.status_code", "ERROR");
-                        span.record("otel.status_description", reason.as_str());
-                        span.record("conveyor.verdict", "refused");
-                        verdicts.push(Verdict::Refused(reason));
-                        continue;
-                    }
-                };
-                let explicit = event.deploy.is_some();
-                let (mut references, mut pinned, mut held, mut stale, mut refused, mut applied) =
-                    (0, Vec::new(), Vec::new(), None, Vec::<String>::new(), Vec::<String>::new());
-                for placement in placements {
-                    if let Some(why) = placement.held {
-                        tracing::info!(app = %event.app, env = %placement.env, %why, "not deployed to this environment");
-                        held.push(format!("{}: {why}", placement.env));
-                        continue;
-                    }
-                    let key = (event.app.clone(), placement.env.clone());
-                    if let Some(current) = deployed.get(&key) {
-                        if !explicit && event.build_started_at < *current {
-                            stale = Some(rfc3339(*current));
-                            continue;
-                        }
-                    }
-                    let target = target_of(event, &placement);
-                    let rewrite = match rewrite::rewrite_scope(root, &placement.scope, &target) {
-                        Ok(r) => r,
-                        Err(e @ (rewrite::RewriteError::Verify { .. } | rewrite::RewriteError::LeftBehind { .. })) => {
-                            // Logged here because another environment of the same event may still apply.
-                            tracing::error!(app = %event.app, env = %placement.env, reason = %e, "rewrite refused: left this environment unchanged");
-                            refused.push(format!("{}: {e}", placement.env));
-                            continue;
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    for (path, line) in &rewrite.pinned {
-                        tracing::info!(app = %event.app, env = %placement.env, %path, line, "reference pinned with conveyor:pin: left as it is");
-                    }
-                    references += rewrite.references;
-                    pinned.extend(rewrite.pinned);
-                    if !rewrite.changes.is_empty() {
-                        deployed.insert(key, event.build_started_at);
-                        let entry = per_env.entry(placement.env.clone()).or_default();
-                        entry.0.push(index);
-                        entry.1.extend(rewrite.changes.iter().map(|c| c.path.clone()));
-                        changes.extend(rewrite.changes);
-                        applied.push(placement.env.clone());
-                    }
-                }
-                let verdict = match (applied.is_empty(), refused.is_empty(), stale) {
-                    (false, true, _) => Verdict::Applied,
-                    (false, false, _) => Verdict::Partial { applied, refused: refused.join("; ") },
-                    (true, false, _) => Verdict::Refused(refused.join("; ")),
-                    (true, true, Some(deployed_build_started_at)) if references == 0 => Verdict::Stale { deployed_build_started_at },
-                    _ if references == 0 && !held.is_empty() => Verdict::Held(held),
-                    _ if references == 0 => Verdict::NoReference,
-                    _ if !pinned.is_empty() => Verdict::Pinned(pinned),
-                    _ => Verdict::AlreadyCurrent,
-                };
-                span.record("conveyor.verdict", verdict.name());
-                if let Verdict::Refused(reason) | Verdict::Partial { refused: reason, .. } = &verdict {
-                    span.record("otel.status_code", "ERROR");
-                    span.record("otel.status_description", reason.as_str());
-                }
-                verdicts.push(verdict);
-            }
+            let Plan { mut outcomes, changes, per_env } = {
+                let index = self.index.lock().expect("the deploy index lock is never held across a panic");
+                plan::plan(root, config.as_ref(), events, |app, env| index.build_started(app, env), attempt, parent)?
+            };
             if per_env.is_empty() {
-                return Ok(BatchOutcome { commit: None, changes, verdicts, attempts: attempt });
+                return Ok(BatchOutcome { commit: None, changes, outcomes, attempts: attempt });
             }
             let mut last = None;
             for (env, (indices, paths)) in &per_env {
@@ -352,7 +237,10 @@ impl ManifestRepo {
             match self.push() {
                 Ok(()) => {
                     span.record("conveyor.push.result", "pushed");
-                    return Ok(BatchOutcome { commit: Some(commit), changes, verdicts, attempts: attempt });
+                    for o in outcomes.iter_mut().filter(|o| o.writes()) {
+                        o.committed_as(&commit);
+                    }
+                    return Ok(BatchOutcome { commit: Some(commit), changes, outcomes, attempts: attempt });
                 }
                 Err(PushFailure::Moved(reason)) if attempt < self.cfg.max_push_attempts => {
                     span.record("conveyor.push.result", "branch_moved");
@@ -381,17 +269,15 @@ impl ManifestRepo {
         }
     }
 
-    /// The newest `max` commits of the branch as last synced: (commit id, commit time, message).
-    pub fn log(&self, max: usize) -> Result<Vec<(String, OffsetDateTime, String)>, GitOpsError> {
-        let mut walk = self.repo.revwalk()?;
-        walk.push_head()?;
-        let mut out = Vec::new();
-        for oid in walk.take(max) {
-            let commit = self.repo.find_commit(oid?)?;
-            let when = OffsetDateTime::from_unix_timestamp(commit.time().seconds()).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-            out.push((commit.id().to_string(), when, commit.message().unwrap_or_default().to_string()));
-        }
-        Ok(out)
+    /// The deployments of `app` (in `env`, or every environment), newest first, as of the last
+    /// sync (from the in-memory index, not a walk of the history).
+    pub fn deployments(&self, app: &str, env: Option<&str>, limit: usize) -> Vec<Deployment> {
+        self.index.lock().expect("the deploy index lock is never held across a panic").deployments(app, env, limit)
+    }
+
+    /// How many commits the deploy index has read (it reads each commit once).
+    pub fn commits_indexed(&self) -> usize {
+        self.index.lock().expect("the deploy index lock is never held across a panic").commits_read()
     }
 
     /// The diff that applying `event` would commit on the current head, without committing:
@@ -409,7 +295,7 @@ impl ManifestRepo {
         let config = manifest_config::load(root).map_err(GitOpsError::Config)?;
         let placements = manifest_config::placements(config.as_ref(), root, event).map_err(GitOpsError::Config)?;
         for placement in placements.iter().filter(|p| p.held.is_none() || event.deploy.is_some()) {
-            rewrite::rewrite_scope(root, &placement.scope, &target_of(event, placement))?;
+            rewrite::rewrite_scope(root, &placement.scope, &plan::target_of(event, placement))?;
         }
         let diff = self.repo.diff_index_to_workdir(None, None)?;
         let mut text = String::new();
@@ -421,32 +307,6 @@ impl ManifestRepo {
             true
         })?;
         Ok(text)
-    }
-
-    /// For the apps of `events`: when the build deployed now started, read from the trailers of
-    /// the newest deploy commit of each app (searching the last 5,000 commits).
-    fn deployed_build_starts(&self, events: &[ImageBuilt]) -> Result<HashMap<(String, String), OffsetDateTime>, GitOpsError> {
-        let mut wanted: Vec<&str> = events.iter().map(|e| e.app.as_str()).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        let mut found: HashMap<(String, String), OffsetDateTime> = HashMap::new();
-        let mut walk = self.repo.revwalk()?;
-        walk.push_head()?;
-        for oid in walk.take(5000) {
-            let commit = self.repo.find_commit(oid?)?;
-            // Within a commit, the last event of an app and environment is the one its files
-            // hold (a batch applies its events in order); across commits, the newest wins.
-            let mut in_commit: HashMap<(String, String), OffsetDateTime> = HashMap::new();
-            for (app, env, started) in deploy_trailers(commit.message().unwrap_or_default()) {
-                if wanted.contains(&app.as_str()) {
-                    in_commit.insert((app, env), started);
-                }
-            }
-            for (key, started) in in_commit {
-                found.entry(key).or_insert(started);
-            }
-        }
-        Ok(found)
     }
 
     fn commit(
@@ -571,18 +431,6 @@ fn backoff(attempt: u32) -> Duration {
     let base = 50u64.saturating_mul(1 << attempt.min(6).saturating_sub(1)).min(2000);
     let jitter = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 50) as u64;
     Duration::from_millis(base + jitter)
-}
-
-/// What to write for `event` where `placement` says.
-fn target_of<'a>(event: &'a ImageBuilt, placement: &'a manifest_config::Placement) -> Target<'a> {
-    Target {
-        app: &event.app,
-        repository: &event.image.repository,
-        tag: &event.image.tag,
-        digest: &event.image.digest,
-        pin_digest: placement.pin_digest,
-        helm: placement.helm.as_ref().map(|h| (h.repository.as_str(), h.tag.as_str())),
-    }
 }
 
 #[cfg(test)]

@@ -70,13 +70,12 @@ impl BareRepo {
     }
 
     /// Every value of the trailer `key` (e.g. `Conveyor-Event-Id`) in the branch's commit
-    /// messages, newest commit first.
+    /// messages, newest commit first. Read with git's trailer rules (`conveyor_proto::trailers`), so a body line that merely
+    /// looks like a trailer does not count.
     pub fn trailer_values(&self, branch: &str, key: &str) -> Vec<String> {
-        let prefix = format!("{key}: ");
-        run(git(&self.path).args(["log", "--format=%B", branch]))
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .map(str::to_string)
+        run(git(&self.path).args(["log", "--format=%B%x00", branch]))
+            .split('\0')
+            .flat_map(|message| conveyor_proto::trailers::values(message.trim_start_matches('\n'), key))
             .collect()
     }
 

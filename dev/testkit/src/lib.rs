@@ -28,6 +28,25 @@ pub const API_TOKEN: &str = "conveyor-test-api-token";
 pub use registry::TestRegistry;
 pub use ssh::TestSshd;
 
+/// The `conveyor` CLI binary (crate `conveyor-cli`): `CONVEYOR_BIN_DIR`, or the cargo target
+/// directory this test runs from, where `cargo test --workspace` builds it.
+pub fn conveyor_cli() -> std::path::PathBuf {
+    let dir = match std::env::var_os("CONVEYOR_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("the test knows its executable");
+            let mut dir = exe.parent().expect("an executable has a directory").to_path_buf();
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let bin = dir.join("conveyor");
+    assert!(bin.is_file(), "{} not found: build it first (`cargo build -p conveyor-cli`, or run `dev/test`)", bin.display());
+    bin
+}
+
 /// A free TCP port on 127.0.0.1 for a server started afterwards. It is picked at random below
 /// the kernel's ephemeral range (32768–60999 by default), where the outgoing connections of
 /// parallel tests never land, and checked by binding it: a port from `bind(0)` is itself an
