@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// build's address in `status_url` (also the `Location` header).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildQueued {
-    pub build_id: String,
+    /// The build number (a JetStream sequence, from 1).
+    pub build_id: u64,
     /// The same delivery was taken before: this is that build.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,
@@ -28,6 +29,6 @@ pub enum NotBuilt {
 /// `POST /builds/{id}/cancel` taken (`202 Accepted`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancelling {
-    pub build_id: String,
+    pub build_id: u64,
     pub cancelling: bool,
 }

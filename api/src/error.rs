@@ -1,8 +1,6 @@
 //! The one error shape both services answer with: `{ "error": <stable code>, "message": <text> }`
 //! and an HTTP status. The code is what scripts match on; the message is for people.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 
 /// The JSON body of every error answer.
@@ -17,13 +15,14 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: u16,
-    pub code: Cow<'static, str>,
+    /// Stable codes are literals of the service that answers.
+    pub code: &'static str,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
-        Self { status, code: code.into(), message: message.into() }
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
     }
 
     pub fn body(&self) -> ErrorBody {

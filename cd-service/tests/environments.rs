@@ -7,6 +7,7 @@ use common::{applied, image_built, seeded_repo, start_cd, RunningCd};
 
 use std::{path::Path, process::Command};
 
+use conveyor_api::cd::{Outcome, OutcomeRecord};
 use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
 use conveyor_testkit::{BareRepo, TestNats, WorkClone};
 use serde_json::{json, Value};
@@ -36,6 +37,11 @@ async fn post_promote(cd: &RunningCd, body: Value) -> (u16, Value) {
         .await
         .unwrap();
     (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET /outcomes?<query>`, read as the API's type.
+async fn outcomes(cd: &RunningCd, query: &str) -> Vec<OutcomeRecord> {
+    reqwest::get(format!("http://{}/outcomes?{query}", cd.http)).await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -134,12 +140,11 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
     assert_eq!(bare.count("main"), 2, "nothing committed");
 
     // The same is visible over HTTP, newest first.
-    let listed: Value = reqwest::get(format!("http://{}/outcomes?outcome=dead_lettered", cd.http)).await.unwrap().json().await.unwrap();
-    let listed = listed.as_array().unwrap();
+    let listed = outcomes(&cd, "outcome=dead_lettered").await;
     assert_eq!(listed.len(), 3);
-    assert_eq!(listed[0]["app"], "web");
-    assert!(listed[0]["detail"].as_str().unwrap().contains("does not exist"));
-    assert_eq!(listed[2]["app"], "billing");
+    assert_eq!(listed[0].app.as_deref(), Some("web"));
+    assert!(matches!(&listed[0].outcome, Outcome::DeadLettered { detail } if detail.contains("does not exist")), "{listed:?}");
+    assert_eq!(listed[2].app.as_deref(), Some("billing"));
 
     // A pin in conveyor.yaml holds staging; the skip and its reason are visible too.
     let config = std::fs::read_to_string(Path::new(FIXTURE).join("conveyor.yaml")).unwrap();
@@ -148,11 +153,10 @@ async fn events_the_configuration_does_not_know_are_dead_lettered() {
     seed.push_rebasing(10);
     applied(&nats, nats.publish_event(&build("web", REPO, "v6", 6)).await).await;
     assert_eq!(tag_in(&bare, "staging"), "1.0.0", "pinned staging did not move");
-    let held: Value = reqwest::get(format!("http://{}/outcomes?outcome=held&limit=5", cd.http)).await.unwrap().json().await.unwrap();
-    let held = held.as_array().unwrap();
+    let held = outcomes(&cd, "outcome=held&limit=5").await;
     assert_eq!(held.len(), 1, "{held:?}");
-    assert_eq!(held[0]["image"], "registry.example.test/team/web:v6");
-    let detail = held[0]["detail"].as_str().unwrap();
+    assert_eq!(held[0].image.as_deref(), Some("registry.example.test/team/web:v6"));
+    let Outcome::Held { detail } = &held[0].outcome else { panic!("{held:?}") };
     assert!(detail.contains("staging: pinned in conveyor.yaml: INC-42 hold") && detail.contains("production: manual policy"), "{detail}");
 }
 
@@ -215,10 +219,10 @@ async fn a_reference_left_behind_makes_the_event_partial_and_names_it() {
         "{reason}"
     );
     assert!(reason.contains(&format!("overlays/production/self.yaml:6: `SELF_IMAGE` holds {REPO}:1.0.0")), "{reason}");
-    let listed: Value = reqwest::get(format!("http://{}/outcomes?outcome=partial", cd.http)).await.unwrap().json().await.unwrap();
-    let listed = listed.as_array().unwrap();
+    let listed = outcomes(&cd, "outcome=partial").await;
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!((listed[0]["commit"].as_str(), listed[0]["detail"].as_str()), (Some(head.as_str()), Some(reason.as_str())));
+    assert_eq!((listed[0].outcome.commit(), listed[0].outcome.detail()), (Some(head.as_str()), Some(reason.as_str())));
+    assert!(matches!(&listed[0].outcome, Outcome::Partial { applied, .. } if applied == &["staging"]), "{listed:?}");
     let metrics = reqwest::get(format!("http://{}/metrics", cd.http)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("conveyor_cd_events_total{outcome=\"partial\"} 1"), "{metrics}");
 

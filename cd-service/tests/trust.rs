@@ -101,9 +101,10 @@ async fn only_events_signed_by_the_right_key_are_applied_and_the_rest_are_dead_l
     assert!(reasons[4].contains("not trusted for promotions and replays"), "{reasons:#?}");
     assert!(reasons[5].contains("arrived on subject conveyor.images.built.web, not conveyor.images.built.api"), "{reasons:#?}");
 
-    let outcomes: Value = reqwest::get(format!("http://{}/outcomes?outcome=dead_lettered", cd.http)).await.unwrap().json().await.unwrap();
-    let details: Vec<&str> = outcomes.as_array().unwrap().iter().filter_map(|o| o["detail"].as_str()).collect();
-    assert_eq!(details.len(), 6, "{outcomes}");
+    let outcomes: Vec<conveyor_api::cd::OutcomeRecord> =
+        reqwest::get(format!("http://{}/outcomes?outcome=dead_lettered", cd.http)).await.unwrap().json().await.unwrap();
+    let details: Vec<&str> = outcomes.iter().filter_map(|o| o.outcome.detail()).collect();
+    assert_eq!(details.len(), 6, "{outcomes:?}");
     assert!(details.iter().any(|d| d.starts_with("unsigned event")), "{details:?}");
 
     // Nothing forged can be promoted: `pwned` exists in the stream only unverified.

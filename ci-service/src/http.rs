@@ -20,9 +20,13 @@ use axum::{
     routing::{get, post},
     Json, Router,
 };
+use conveyor_api::{
+    cd::Readiness,
+    ci::{BuildQueued, Cancelling, NotBuilt},
+    ApiError,
+};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use serde_json::json;
 use time::OffsetDateTime;
 
 use conveyor_telemetry::context::RequestSpan;
@@ -49,32 +53,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { api_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+            api_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// An API error: HTTP status, stable code, human message.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.code, "message": self.message }))).into_response()
-    }
+/// An error answer (`conveyor_api::ApiError`) from a status.
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(status.as_u16(), code, message)
 }
 
 impl From<IntakeError> for ApiError {
@@ -86,22 +75,21 @@ impl From<IntakeError> for ApiError {
             IntakeError::Malformed(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             IntakeError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload"),
         };
-        ApiError::new(status, code, e.to_string())
+        api_error(status, code, e.to_string())
     }
 }
 
-impl From<BytesRejection> for ApiError {
-    fn from(r: BytesRejection) -> Self {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(r.status(), "body_too_large", format!("the body is larger than {MAX_BODY_BYTES} bytes"))
-        } else {
-            ApiError::new(r.status(), "bad_request", r.body_text())
-        }
+/// A body that could not be read: too large, or cut off.
+fn body_error(r: BytesRejection) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        api_error(r.status(), "body_too_large", format!("the body is larger than {MAX_BODY_BYTES} bytes"))
+    } else {
+        api_error(r.status(), "bad_request", r.body_text())
     }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", format!("{e}; retry later"))
+    api_error(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", format!("{e}; retry later"))
 }
 
 /// Records the answer on the request's span (and ends it) and in the metrics.
@@ -123,10 +111,10 @@ fn answered(state: &AppState, span: RequestSpan, result: Result<(Response, &'sta
 async fn hook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let mut span = RequestSpan::start("receive", "/hooks/push", &headers);
     let result = async {
-        let body = body?;
+        let body = body.map_err(body_error)?;
         let push = match webhook::intake(&headers, &body, &state.secrets)? {
-            Intake::Pong => return Ok(((StatusCode::OK, Json(json!({ "pong": true }))).into_response(), "pong")),
-            Intake::Ignore(reason) => return Ok(((StatusCode::OK, Json(json!({ "ignored": reason }))).into_response(), "ignored")),
+            Intake::Pong => return Ok(((StatusCode::OK, Json(NotBuilt::Pong { pong: true })).into_response(), "pong")),
+            Intake::Ignore(ignored) => return Ok(((StatusCode::OK, Json(NotBuilt::Ignored { ignored })).into_response(), "ignored")),
             Intake::Build(push) => push,
         };
         let msg_id = Queue::push_msg_id(&push);
@@ -149,14 +137,14 @@ async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str, span: &mut R
     let location = format!("/builds/{}", queued.id);
     if queued.duplicate {
         tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, trace_id = trace_id.unwrap_or("-"), "push already queued (duplicate)");
-        let body = json!({ "build_id": queued.id, "duplicate": true, "status_url": location, "trace_id": trace_id });
+        let body = BuildQueued { build_id: queued.id, duplicate: true, status_url: location.clone(), trace_id: trace_id.map(String::from) };
         return Ok(((StatusCode::OK, [(header::LOCATION, location)], Json(body)).into_response(), "duplicate"));
     }
     // One round trip: the job is the queued build (its record is written by the worker that
     // takes it; until then `GET` reads the job), and running builds of the same branch notice
     // the newer job themselves.
     tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, git_ref = %push.git_ref, trace_id = trace_id.unwrap_or("-"), "push queued");
-    let body = json!({ "build_id": queued.id, "status_url": location, "trace_id": trace_id });
+    let body = BuildQueued { build_id: queued.id, duplicate: false, status_url: location.clone(), trace_id: trace_id.map(String::from) };
     Ok(((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response(), "queued"))
 }
 
@@ -167,8 +155,8 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(conveyor_proto::bearer_token);
     match given {
         Some(g) if token.matches(g) => Ok(()),
-        Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the API token does not match")),
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs `Authorization: Bearer <API token>`")),
+        Some(_) => Err(api_error(StatusCode::UNAUTHORIZED, "unauthorized", "the API token does not match")),
+        None => Err(api_error(StatusCode::UNAUTHORIZED, "unauthorized", "this call needs `Authorization: Bearer <API token>`")),
     }
 }
 
@@ -176,11 +164,11 @@ async fn manual_build(State(state): State<Arc<AppState>>, headers: HeaderMap, bo
     let mut span = RequestSpan::start("receive", "/builds", &headers);
     let result = async {
         authorize(&state, &headers)?;
-        let body = body?;
+        let body = body.map_err(body_error)?;
         let push: GenericPush = webhook::parse_json(&body).map_err(ApiError::from)?;
         let push = match push.into_intake(Source::Manual, &state.secrets)? {
             Intake::Build(push) => push,
-            Intake::Ignore(reason) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_build", reason)),
+            Intake::Ignore(reason) => return Err(api_error(StatusCode::UNPROCESSABLE_ENTITY, "nothing_to_build", reason)),
             Intake::Pong => unreachable!("a generic push is never a ping"),
         };
         enqueue(&state, push, &format!("manual-{}", uuid::Uuid::now_v7()), &mut span).await
@@ -212,7 +200,7 @@ async fn list_builds(State(state): State<Arc<AppState>>, Query(q): Query<ListQue
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "build_not_found", format!("no build with id {id:?}"))
+    api_error(StatusCode::NOT_FOUND, "build_not_found", format!("no build with id {id:?}"))
 }
 
 async fn record(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
@@ -291,10 +279,10 @@ async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>
     authorize(&state, &headers)?;
     let mut rec = record(&state, &id).await?;
     if rec.state.is_finished() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "already_finished", format!("build {id} already ended ({:?})", rec.state)));
+        return Err(api_error(StatusCode::CONFLICT, "already_finished", format!("build {id} already ended ({:?})", rec.state)));
     }
     if rec.push_started() {
-        return Err(ApiError::new(
+        return Err(api_error(
             StatusCode::CONFLICT,
             "push_started",
             format!("build {id} is pushing its image and can no longer be cancelled"),
@@ -307,7 +295,7 @@ async fn cancel_build(State(state): State<Arc<AppState>>, Path(id): Path<String>
     }
     // Wherever it runs, its replica stops it (a queued one is skipped when picked up).
     state.queue.control(&Control::Cancel { build: rec.id, reason }).await.map_err(unavailable)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "build_id": rec.id, "cancelling": true }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(Cancelling { build_id: rec.id, cancelling: true })).into_response())
 }
 
 async fn retry_build(State(state): State<Arc<AppState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
@@ -323,7 +311,7 @@ async fn retry(state: &AppState, id: &str, headers: &HeaderMap, span: &mut Reque
     let mut rec = record(state, id).await?;
     let retryable = rec.state == BuildState::Failed && matches!(rec.failed_step(), Some("push" | "publish")) && rec.repository.is_some();
     if !retryable {
-        return Err(ApiError::new(
+        return Err(api_error(
             StatusCode::CONFLICT,
             "not_retryable",
             format!(
@@ -342,7 +330,8 @@ async fn retry(state: &AppState, id: &str, headers: &HeaderMap, span: &mut Reque
     state.records.put(&rec).await.map_err(unavailable)?;
     state.queue.enqueue_retry(rec.id, rec.attempts, span.traceparent().as_deref()).await.map_err(unavailable)?;
     let location = format!("/builds/{}", rec.id);
-    let body = json!({ "build_id": rec.id, "status_url": location, "trace_id": span.trace_id() });
+    let body =
+        BuildQueued { build_id: rec.id, duplicate: false, status_url: location.clone(), trace_id: span.trace_id().map(String::from) };
     Ok(((StatusCode::ACCEPTED, [(header::LOCATION, location.clone())], Json(body)).into_response(), "retry_queued"))
 }
 
@@ -359,11 +348,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             Err(_) => failing.push("docker: no answer within 2 s".to_string()),
         }
     }
-    if failing.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "ready": false, "failing": failing }))).into_response()
-    }
+    let status = if failing.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { ready: failing.is_empty(), failing })).into_response()
 }
 
 /// Prometheus metrics; the queue figures are read from JetStream at each scrape.

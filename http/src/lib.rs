@@ -1,7 +1,7 @@
 //! The HTTP edge both services share: the server loop (hyper, HTTP/1 and HTTP/2, graceful
 //! shutdown) and the request limits every route gets. hyper itself answers a request with too
 //! many or too large headers with a bare `431`; here its own limits sit well above ours, so that
-//! the router answers first, in the documented `{error, message}` shape. It never looks into
+//! the router answers first, in the documented `{error, message}` shape (`conveyor_api::ApiError`). It never looks into
 //! bodies or routes: those are the services' own.
 
 use std::{future::Future, io, time::Duration};
@@ -11,8 +11,9 @@ use axum::{
     http::StatusCode,
     middleware::Next,
     response::{IntoResponse, Response},
-    Json, Router,
+    Router,
 };
+use conveyor_api::ApiError;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
@@ -28,24 +29,20 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 const TRANSPORT_MAX_HEADERS: usize = 1024;
 const TRANSPORT_MAX_BUF: usize = 1 << 20;
 
-/// A JSON error answer: `{"error": code, "message": message}`.
-pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": code, "message": message.into() }))).into_response()
-}
-
 /// Refuses a request over [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`] with `431 headers_too_large`.
 pub async fn limit_headers(req: Request, next: Next) -> Response {
     let headers = req.headers();
     let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
-        return error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.as_u16(),
             "headers_too_large",
             format!(
                 "{} header fields of {bytes} bytes: at most {MAX_HEADERS} fields and {MAX_HEADER_BYTES} bytes are accepted",
                 headers.len()
             ),
-        );
+        )
+        .into_response();
     }
     next.run(req).await
 }
@@ -109,9 +106,9 @@ mod tests {
         for req in [many, big] {
             let resp = req.send().await.unwrap();
             assert_eq!(resp.status().as_u16(), 431);
-            let body: serde_json::Value = resp.json().await.unwrap();
-            assert_eq!(body["error"], "headers_too_large", "{body}");
-            assert!(body["message"].as_str().unwrap().contains("at most 100 fields"), "{body}");
+            let body: conveyor_api::ErrorBody = resp.json().await.unwrap();
+            assert_eq!(body.error, "headers_too_large", "{body:?}");
+            assert!(body.message.contains("at most 100 fields"), "{body:?}");
         }
         assert_eq!(client.get(&url).send().await.unwrap().text().await.unwrap(), "ok", "still serving");
         stop.send(()).unwrap();

@@ -104,7 +104,9 @@ impl Ci {
     pub async fn push_commit(&self, bare: &BareRepo, git_ref: &str, commit: &str) -> u64 {
         let (status, body) = self.push(serde_json::json!({ "repo_url": bare.url(), "ref": git_ref, "commit": commit })).await;
         assert_eq!(status, 202, "{body}");
-        body["build_id"].as_u64().unwrap()
+        let queued: conveyor_api::ci::BuildQueued = serde_json::from_value(body).expect("the API's BuildQueued");
+        assert_eq!(queued.status_url, format!("/builds/{}", queued.build_id));
+        queued.build_id
     }
 
     pub async fn build(&self, id: u64) -> Value {
