@@ -58,7 +58,7 @@ fn env_of(mode: Mode, receiver: &OtlpReceiver) -> Vec<(&'static str, String)> {
 /// SIGTERM, then waits for the process to exit (it flushes its spans; callgrind writes its count).
 async fn stop(ci: &conveyor_benches::webhooks::Ci) {
     let pid = ci.child.0.id();
-    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    conveyor_testkit::signal(pid, conveyor_testkit::Signal::TERM);
     conveyor_testkit::wait_until("ci-service to exit", Duration::from_secs(120), || async move {
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))

@@ -2,6 +2,7 @@
 //! each alive with progress acks while it runs, ack it when it ended; and apply cancel notices
 //! to the builds running in this replica.
 
+use backon::{ExponentialBuilder, Retryable};
 use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::{consumer::PullConsumer, AckKind};
@@ -81,14 +82,13 @@ async fn handle(state: Arc<AppState>, message: async_nats::jetstream::Message) {
     }));
     build::run_job(state, id, job, delivered, message.headers.as_ref()).await;
     drop(heartbeat);
-    for attempt in 1..=3 {
-        match message.double_ack().await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(job = id, attempt, error = %e, "ack failed");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-        }
+    let waits = ExponentialBuilder::new().with_min_delay(Duration::from_millis(200)).with_max_times(2);
+    let acked = (|| message.double_ack())
+        .retry(waits)
+        .notify(|e, wait| tracing::warn!(job = id, error = %e, retry_in = ?wait, "ack failed; retrying"))
+        .await;
+    if let Err(e) = acked {
+        tracing::warn!(job = id, error = %e, "ack failed three times; JetStream will deliver the job again after its ack wait");
     }
 }
 

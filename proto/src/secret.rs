@@ -1,28 +1,40 @@
 //! A secret value both services hold (webhook secrets, registry passwords, git tokens): it can
-//! be used, never printed. `Debug` shows `Secret(***)`; there is no `Display` and no `Serialize`.
+//! be used, never printed. It is `secrecy`'s `SecretString` (wiped from memory when dropped)
+//! with a constant-time comparison. `Debug` shows `Secret(***)`; there is no `Display` and no
+//! `Serialize`.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(SecretString::from(value.into()))
     }
 
     /// The value, for the one place that must send it.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// Compares in constant time (the time taken says nothing about how much matched).
     pub fn matches(&self, given: &str) -> bool {
         use subtle::ConstantTimeEq;
-        self.0.as_bytes().ct_eq(given.as_bytes()).into()
+        self.expose().as_bytes().ct_eq(given.as_bytes()).into()
     }
 }
+
+/// Equal values compare equal, in constant time.
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.expose())
+    }
+}
+
+impl Eq for Secret {}
 
 /// The token of an `Authorization: Bearer <token>` header value (the scheme is matched without
 /// regard to case, RFC 7235); `None` for another scheme or none.
@@ -41,7 +53,7 @@ impl std::fmt::Debug for Secret {
 impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
+        Ok(Self::new(s))
     }
 }
 

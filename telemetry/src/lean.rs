@@ -7,6 +7,7 @@
 //! used only where it gives the same result: OTLP/HTTP with the default parent-based always-on
 //! sampler (or always-on); anything else goes through the SDK.
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,7 +26,7 @@ const MAX_QUEUE: usize = 2048;
 /// Spans per request, and how long a span waits at most before it is sent.
 const MAX_BATCH: usize = 512;
 const DELAY: Duration = Duration::from_secs(1);
-/// Tries per batch when the collector is briefly away, `RETRY_WAIT` × the try apart.
+/// Tries per batch when the collector is briefly away, `RETRY_WAIT`, then twice that, apart.
 const EXPORT_ATTEMPTS: u32 = 3;
 const RETRY_WAIT: Duration = Duration::from_millis(200);
 
@@ -126,16 +127,15 @@ fn export_loop(shared: &Shared, endpoint: &str, resource: &[u8], scope: &str) {
             let body = bytes::Bytes::from(encode_request(resource, scope, chunk));
             let post = || client.post(endpoint).header("content-type", "application/x-protobuf").body(body.clone()).send();
             let mut sent = post();
+            let mut waits = ExponentialBuilder::new().with_min_delay(RETRY_WAIT).with_max_times(EXPORT_ATTEMPTS as usize - 1).build();
             // What OTLP/HTTP says to retry: a request that did not get through, 429 and 502-504.
-            for attempt in 1..EXPORT_ATTEMPTS {
+            loop {
                 let retry = match &sent {
                     Ok(r) => matches!(r.status().as_u16(), 429 | 502 | 503 | 504),
                     Err(e) => !e.is_timeout(),
                 };
-                if !retry {
-                    break;
-                }
-                std::thread::sleep(RETRY_WAIT * attempt);
+                let Some(wait) = waits.next().filter(|_| retry) else { break };
+                std::thread::sleep(wait);
                 sent = post();
             }
             let ok = matches!(&sent, Ok(r) if r.status().is_success());

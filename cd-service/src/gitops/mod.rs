@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use git2::{build::CheckoutBuilder, ErrorCode, FetchOptions, PushOptions, Repository, Signature};
 
 use crate::{
@@ -189,6 +190,13 @@ impl ManifestRepo {
     pub fn apply_traced(&self, events: &[ImageBuilt], parents: &[tracing::Span]) -> Result<BatchOutcome, GitOpsError> {
         let current = tracing::Span::current();
         let parent = |i: usize| parents.get(i).unwrap_or(&current);
+        // 50 ms, 100 ms, 200 ms ... 2 s, with jitter so replicas spread out.
+        let mut waits = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .without_max_times()
+            .build();
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -245,7 +253,7 @@ impl ManifestRepo {
                 Err(PushFailure::Moved(reason)) if attempt < self.cfg.max_push_attempts => {
                     span.record("conveyor.push.result", "branch_moved");
                     tracing::warn!(attempt, %reason, "manifest branch moved; re-applying on the new head");
-                    std::thread::sleep(backoff(attempt));
+                    std::thread::sleep(waits.next().unwrap_or(Duration::from_secs(2)));
                 }
                 Err(PushFailure::Moved(_)) => {
                     span.record("conveyor.push.result", "gave_up");
@@ -424,22 +432,4 @@ fn is_moved(reason: &str) -> bool {
         || r.contains("stale info")
         || r.contains("failed to update ref")
         || r.contains("failed to lock")
-}
-
-fn backoff(attempt: u32) -> Duration {
-    // 50 ms, 100 ms, 200 ms ... capped at 2 s, with a little jitter so replicas spread out.
-    let base = 50u64.saturating_mul(1 << attempt.min(6).saturating_sub(1)).min(2000);
-    let jitter = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) % 50) as u64;
-    Duration::from_millis(base + jitter)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) < backoff(3));
-        assert!(backoff(30) <= Duration::from_millis(2050));
-    }
 }

@@ -13,11 +13,11 @@ pub mod smoke;
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use backon::{ExponentialBuilder, Retryable};
 use conveyor_telemetry::context as trace_context;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -132,21 +132,18 @@ impl Ctx<'_> {
     async fn finish(&self, state: BuildState, reason: Option<String>) {
         let mut rec = self.rec.lock().await;
         rec.finish(state, reason);
-        let deadline = tokio::time::Instant::now() + FINISH_PATIENCE;
-        let mut wait = Duration::from_secs(1);
-        loop {
-            match self.state.records.put(&rec).await {
-                Ok(()) => return,
-                Err(e) if tokio::time::Instant::now() + wait < deadline => {
-                    tracing::warn!(build.id = rec.id, error = %e, retry_in = ?wait, "could not store the end of the build; retrying");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => {
-                    tracing::error!(build.id = rec.id, error = %e, "gave up storing the end of the build: its record still says it runs");
-                    return;
-                }
-            }
+        let waits = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(10))
+            .without_max_times()
+            .with_total_delay(Some(FINISH_PATIENCE));
+        let id = rec.id;
+        let stored = (|| self.state.records.put(&rec))
+            .retry(waits)
+            .notify(|e, wait| tracing::warn!(build.id = id, error = %e, retry_in = ?wait, "could not store the end of the build; retrying"))
+            .await;
+        if let Err(e) = stored {
+            tracing::error!(build.id = id, error = %e, "gave up storing the end of the build: its record still says it runs");
         }
     }
 
@@ -193,26 +190,23 @@ impl Ctx<'_> {
     async fn retry<T, E: std::fmt::Display, Fut: std::future::Future<Output = Result<T, E>>>(
         &self,
         what: &'static str,
-        mut f: impl FnMut() -> Fut,
+        f: impl FnMut() -> Fut,
     ) -> Result<T, E> {
         let attempts = self.state.config.step_attempts.max(1);
-        let mut n = 1;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(e) if n < attempts => {
-                    let wait = Duration::from_secs(1 << (n - 1).min(5));
-                    let error = self.state.masker.mask(&e.to_string()).into_owned();
-                    self.log
-                        .line(&format!("[conveyor] {what} attempt {n} of {attempts} failed: {error}; retrying in {} s", wait.as_secs()));
-                    tracing::warn!(attempt = n, attempts, %error, retry_in_s = wait.as_secs(), "{what} failed; retrying");
-                    self.state.metrics.retried(what);
-                    tokio::time::sleep(wait).await;
-                    n += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let waits = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_secs(1))
+            .with_max_delay(Duration::from_secs(32))
+            .with_max_times(attempts.saturating_sub(1) as usize);
+        let mut n = 0;
+        f.retry(waits)
+            .notify(|e, wait| {
+                n += 1;
+                let error = self.state.masker.mask(&e.to_string()).into_owned();
+                self.log.line(&format!("[conveyor] {what} attempt {n} of {attempts} failed: {error}; retrying in {} s", wait.as_secs()));
+                tracing::warn!(attempt = n, attempts, %error, retry_in_s = wait.as_secs(), "{what} failed; retrying");
+                self.state.metrics.retried(what);
+            })
+            .await
     }
 }
 
@@ -391,8 +385,12 @@ struct Prepared {
 async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared, Stop> {
     let state = ctx.state;
     let cfg = &state.config;
-    let dir = cfg.workdir.join("builds").join(format!("{id}-{}", uuid::Uuid::now_v7()));
-    let _cleanup = RemoveDirOnDrop(dir.clone());
+    // Removed when the build ends, however it ends.
+    let work = tempfile::Builder::new()
+        .prefix(&format!("{id}-"))
+        .tempdir_in(cfg.workdir.join("builds"))
+        .map_err(|e| Stop::Failed(format!("cannot make the build's work directory under {}: {e}", cfg.workdir.display())))?;
+    let dir = work.path().to_path_buf();
 
     let message = ctx
         .step("checkout", async {
@@ -597,19 +595,6 @@ async fn run_retry(state: &Arc<AppState>, id: u64) {
 
 fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).expect("a UTC timestamp always formats as RFC 3339")
-}
-
-/// Removes a build's work directory when the build ends, however it ends.
-struct RemoveDirOnDrop(PathBuf);
-
-impl Drop for RemoveDirOnDrop {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.0.display(), error = %e, "could not remove build directory");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -263,7 +263,7 @@ pub(crate) fn classify_ref(git_ref: &str, after: &str, deleted: bool) -> Result<
     if name.is_empty() {
         return Err(IntakeError::Invalid(format!("ref {git_ref:?} has no name")));
     }
-    ref_name(name).map_err(|why| IntakeError::Invalid(format!("ref {git_ref:?} is not a valid git ref name: {why}")))?;
+    ref_name(git_ref, name).map_err(|why| IntakeError::Invalid(format!("ref {git_ref:?} is not a valid git ref name: {why}")))?;
     if deleted {
         let what = if kind == RefKind::Branch { "branch" } else { "tag" };
         return Ok(RefTarget::Ignore(format!("{what} deletion")));
@@ -275,22 +275,18 @@ pub(crate) fn classify_ref(git_ref: &str, after: &str, deleted: bool) -> Result<
     Ok(RefTarget::Build { kind, name: name.to_string() })
 }
 
-/// `git check-ref-format` rules for a branch or tag name, plus git's own refusal of names
-/// beginning with `-` (they would read as options).
-fn ref_name(name: &str) -> Result<(), &'static str> {
-    if name.bytes().any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b)) {
-        return Err("it contains a space, a control character or one of ~^:?*[\\");
-    }
-    if name.contains("..") || name.contains("@{") || name == "@" || name.ends_with('.') {
-        return Err("it contains `..` or `@{`, is `@`, or ends with `.`");
-    }
-    for component in name.split('/') {
-        if component.is_empty() || component.starts_with('.') || component.ends_with(".lock") {
-            return Err("a path component is empty, begins with `.` or ends with `.lock`");
-        }
-    }
+/// A branch or tag name git accepts: libgit2's ref-name rules (those of `git check-ref-format`)
+/// on the full ref, plus git's refusal of names beginning with `-` (they would read as options)
+/// and of `@` (HEAD's shorthand).
+fn ref_name(git_ref: &str, name: &str) -> Result<(), &'static str> {
     if name.starts_with('-') {
         return Err("it begins with `-`");
+    }
+    if name == "@" {
+        return Err("`@` is HEAD's shorthand");
+    }
+    if !git2::Reference::is_valid_name(git_ref) {
+        return Err("git's rules refuse it (spaces, control characters, ~^:?*[\\, `..`, `@{`, an empty or dot-led component, or a `.lock` or `.` ending)");
     }
     Ok(())
 }

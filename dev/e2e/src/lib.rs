@@ -235,7 +235,7 @@ impl Stack {
             "cd-service" => &mut self._cd.0,
             other => bail!("no service {other}"),
         };
-        conveyor_testkit::run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        conveyor_testkit::signal(child.id(), conveyor_testkit::Signal::TERM);
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = child.try_wait()? {

@@ -144,7 +144,7 @@ impl Replicas {
         self.reap_crashes();
         for r in &mut self.replicas {
             let Some(mut child) = r.child.take() else { continue };
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            conveyor_testkit::signal(child.id(), conveyor_testkit::Signal::TERM);
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             let status = loop {
                 if let Ok(Some(s)) = child.try_wait() {

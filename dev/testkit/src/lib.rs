@@ -123,13 +123,21 @@ pub fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Signals a process this harness started (`kill(2)`, no subprocess); a process that has
+/// already gone is not an error.
+pub fn signal(pid: u32, signal: Signal) {
+    let Some(pid) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw) else { return };
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+pub use rustix::process::Signal;
+
 /// A child process stopped on drop (SIGTERM, then SIGKILL after 5 s).
 pub struct ChildGuard(pub std::process::Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let pid = self.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).stderr(std::process::Stdio::null()).status();
+        signal(self.0.id(), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {

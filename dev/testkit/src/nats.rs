@@ -201,8 +201,7 @@ impl TestNats {
     /// answered nor refused, as with a hung server. `stop` or `restart` then kills it, and what
     /// it had not read yet is gone.
     pub fn freeze(&self) {
-        let pid = self.child.as_ref().expect("nats-server runs").0.id().to_string();
-        crate::run(Command::new("kill").args(["-STOP", &pid]));
+        crate::signal(self.child.as_ref().expect("nats-server runs").0.id(), crate::Signal::STOP);
     }
 
     /// Starts it again on the same port and store.
