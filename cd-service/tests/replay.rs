@@ -235,3 +235,30 @@ async fn per_environment_replays_and_a_replay_into_another_environment_is_a_prom
     assert_eq!((production[0]["kind"].as_str(), production[0]["tag"].as_str()), (Some("promotion"), Some("v3")));
     assert_eq!(production.as_array().unwrap().len(), 1, "production's own history");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_reaches_cd_service_over_https_with_a_private_ca_and_refuses_an_unknown_one() {
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bare = seeded_repo(dir.path(), Path::new(FIXTURE));
+    let cd = start_cd(&nats, &bare.url()).await;
+    applied(&nats, nats.publish_event(&build("v1", 0)).await).await;
+    // TLS in front of cd-service, as an ingress would put it.
+    let tls = conveyor_testkit::TlsProxy::start(cd.http).await;
+    let run = |ca: Option<&Path>| {
+        let mut cmd = Command::new(conveyor_testkit::conveyor_cli());
+        cmd.args(["history", "web", "--json", "--url", &tls.url()]).env_remove("CONVEYOR_CA_FILE");
+        if let Some(ca) = ca {
+            cmd.env("CONVEYOR_CA_FILE", ca);
+        }
+        let out = cmd.output().expect("run conveyor");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, out, err) = run(Some(&tls.ca_file()));
+    assert!(ok, "{err}");
+    let rows: Vec<conveyor_api::cd::Deployment> = serde_json::from_str(&out).expect("the API's Deployment list");
+    assert_eq!(rows.iter().map(|d| d.tag.as_str()).collect::<Vec<_>>(), ["v1"]);
+
+    let (ok, _, err) = run(None);
+    assert!(!ok && err.contains("cannot reach cd-service") && err.to_lowercase().contains("certificate"), "{err}");
+}

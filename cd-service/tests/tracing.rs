@@ -21,7 +21,7 @@ async fn a_moved_branch_is_retried_as_an_event_on_the_git_push_span() {
     let telemetry = Telemetry::install(Settings {
         service_name: "cd-service".into(),
         log_filter: "warn".into(),
-        export: Some(Export { protocol: Protocol::HttpProtobuf, endpoint: format!("{}/v1/traces", receiver.http_base) }),
+        export: Some(Export { protocol: Protocol::HttpProtobuf, endpoint: format!("{}/v1/traces", receiver.http_base), certificate: None }),
         disabled: false,
         request_spans: RequestSpans::Lean { always_on: false },
     })

@@ -1,7 +1,8 @@
 //! `conveyor`: the command line for deploy history, replays (redeploys and rollbacks) and
 //! promotions. It talks to a running cd-service over HTTP (`--url`, `CONVEYOR_CD_URL`): tables
 //! for people, `--json` for scripts. Promotions and replays send the API token from
-//! `CONVEYOR_API_TOKEN` (never a flag, so it stays out of shell history and `ps`). A refused
+//! `CONVEYOR_API_TOKEN` (never a flag, so it stays out of shell history and `ps`). An `https://`
+//! URL is checked against the system's CAs and `--ca-file` (`CONVEYOR_CA_FILE`). A refused
 //! request exits with status 1 and the reason. It speaks the typed API of `conveyor-api` and
 //! links no git and no OpenSSL.
 
@@ -18,6 +19,9 @@ struct Cli {
     /// The running cd-service's HTTP address.
     #[arg(long, env = "CONVEYOR_CD_URL", default_value = "http://127.0.0.1:8090", global = true)]
     url: String,
+    /// PEM file of a private CA to trust for an `https://` URL, besides the system's.
+    #[arg(long, env = "CONVEYOR_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     /// Print the service's JSON answer instead of a table.
     #[arg(long, global = true)]
     json: bool,
@@ -96,7 +100,7 @@ impl Client {
             Some(token) => req.bearer_auth(token),
             None => req,
         };
-        let resp = req.send().await.map_err(|e| format!("cannot reach cd-service at {}: {e}", self.base))?;
+        let resp = req.send().await.map_err(|e| format!("cannot reach cd-service at {}: {}", self.base, chain(&e)))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| format!("cannot read cd-service's answer: {e}"))?;
         if !status.is_success() {
@@ -119,13 +123,33 @@ impl Client {
     }
 }
 
+/// An error with its causes (a TLS failure says why only in its source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 fn print_json(value: &impl Serialize) {
     println!("{}", serde_json::to_string_pretty(value).expect("JSON prints"));
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let mut http = reqwest::Client::builder();
+    if let Some(path) = &cli.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read the CA file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| format!("{} is not a PEM CA bundle: {e}", path.display()))?;
+        for cert in certs {
+            http = http.add_root_certificate(cert);
+        }
+    }
     let client = Client {
-        http: reqwest::Client::new(),
+        http: http.build().map_err(|e| format!("cannot set up the HTTP client: {e}"))?,
         base: cli.url.trim_end_matches('/').to_string(),
         token: std::env::var("CONVEYOR_API_TOKEN").ok().filter(|t| !t.is_empty()),
     };

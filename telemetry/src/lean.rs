@@ -63,7 +63,8 @@ pub(crate) struct LeanExporter {
 
 impl LeanExporter {
     /// Starts the export thread for `endpoint` (the full URL, e.g. `http://host:4318/v1/traces`).
-    pub fn start(endpoint: String, resource: &Resource, scope: &'static str) -> LeanExporter {
+    /// Posts with `client` (the one the SDK's OTLP/HTTP exporter uses too).
+    pub fn start(endpoint: String, client: reqwest::blocking::Client, resource: &Resource, scope: &'static str) -> LeanExporter {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Vec::with_capacity(MAX_BATCH)),
             wake: Condvar::new(),
@@ -74,7 +75,7 @@ impl LeanExporter {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("otlp-lean-export".into())
-            .spawn(move || export_loop(&worker, &endpoint, &resource_bytes, scope))
+            .spawn(move || export_loop(&worker, &client, &endpoint, &resource_bytes, scope))
             .expect("spawn the span export thread");
         LeanExporter { shared, thread: Mutex::new(Some(thread)) }
     }
@@ -105,15 +106,7 @@ impl LeanExporter {
     }
 }
 
-fn export_loop(shared: &Shared, endpoint: &str, resource: &[u8], scope: &str) {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build();
-    let client = match client {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("telemetry: cannot build the OTLP/HTTP client: {e}");
-            return;
-        }
-    };
+fn export_loop(shared: &Shared, client: &reqwest::blocking::Client, endpoint: &str, resource: &[u8], scope: &str) {
     let mut failures = 0u64;
     loop {
         let batch = {
@@ -398,7 +391,7 @@ mod tests {
     fn a_batch_the_collector_refuses_with_503_is_sent_again() {
         let (endpoint, requests) = flaky_collector();
         let resource = Resource::builder_empty().with_attributes([KeyValue::new("service.name", "ci-service")]).build();
-        let exporter = LeanExporter::start(endpoint, &resource, "conveyor");
+        let exporter = LeanExporter::start(endpoint, crate::otlp_http_client(None).unwrap(), &resource, "conveyor");
         exporter.push(Finished {
             trace_id: [9; 16],
             span_id: [4; 8],

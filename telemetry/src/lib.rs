@@ -12,7 +12,7 @@ pub mod probe;
 mod settings;
 
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::{trace::SdkTracerProvider, Resource};
 use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt, Layer};
 
@@ -24,6 +24,10 @@ pub enum TelemetryError {
     Protocol { var: &'static str, value: String },
     #[error("cannot build the OTLP {protocol} exporter for {endpoint}: {message}")]
     Exporter { protocol: Protocol, endpoint: String, message: String },
+    #[error("cannot use the OTLP CA file {path}: {message}")]
+    Certificate { path: std::path::PathBuf, message: String },
+    #[error("OTEL_EXPORTER_OTLP_CERTIFICATE is supported with http/protobuf only, not grpc")]
+    GrpcCertificate,
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(String),
 }
@@ -50,11 +54,18 @@ impl Telemetry {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .with_filter(tracing_subscriber::EnvFilter::new(&settings.log_filter));
-        let provider = (!settings.disabled).then(|| build_provider(&settings)).transpose()?;
+        // One client (and CA file) for both exporters over OTLP/HTTP.
+        let client = match &settings.export {
+            Some(e) if e.protocol == Protocol::HttpProtobuf && !settings.disabled => Some(otlp_http_client(e.certificate.as_deref())?),
+            Some(e) if e.certificate.is_some() && !settings.disabled => return Err(TelemetryError::GrpcCertificate),
+            _ => None,
+        };
+        let provider = (!settings.disabled).then(|| build_provider(&settings, client.clone())).transpose()?;
         match (&provider, &settings.export, settings.request_spans) {
             // Request spans on the lean OTLP/HTTP path (see `lean.rs`).
             (Some(_), Some(export), RequestSpans::Lean { always_on }) => {
-                context::set_lean(lean::LeanExporter::start(export.endpoint.clone(), &resource(&settings), "conveyor"), always_on)
+                let client = client.expect("the lean path is OTLP/HTTP, which has a client");
+                context::set_lean(lean::LeanExporter::start(export.endpoint.clone(), client, &resource(&settings), "conveyor"), always_on)
             }
             // For the spans made directly with the OpenTelemetry API (see `context::RequestSpan`).
             (Some(p), Some(_), _) => context::set_tracer(p.tracer("conveyor")),
@@ -131,7 +142,35 @@ fn resource(settings: &Settings) -> Resource {
     Resource::builder().with_service_name(settings.service_name.clone()).build()
 }
 
-fn build_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryError> {
+/// The blocking client OTLP/HTTP is sent with: rustls, the system's CAs and those of
+/// `certificate`, 10 s per request. Made on its own thread: a blocking client may not be made
+/// (nor dropped) on an async runtime's thread.
+fn otlp_http_client(certificate: Option<&std::path::Path>) -> Result<reqwest::blocking::Client, TelemetryError> {
+    let roots = match certificate {
+        None => Vec::new(),
+        Some(path) => {
+            let failed = |message: String| TelemetryError::Certificate { path: path.to_path_buf(), message };
+            let pem = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| failed(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(failed("no PEM certificate in it".into()));
+            }
+            certs
+        }
+    };
+    let built = std::thread::spawn(move || {
+        roots
+            .into_iter()
+            .fold(reqwest::blocking::Client::builder(), |b, c| b.add_root_certificate(c))
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+    })
+    .join()
+    .expect("building the OTLP/HTTP client does not panic");
+    built.map_err(|e| TelemetryError::Exporter { protocol: Protocol::HttpProtobuf, endpoint: String::new(), message: e.to_string() })
+}
+
+fn build_provider(settings: &Settings, client: Option<reqwest::blocking::Client>) -> Result<SdkTracerProvider, TelemetryError> {
     // The SDK reads OTEL_TRACES_SAMPLER(_ARG) itself.
     let mut builder = SdkTracerProvider::builder().with_resource(resource(settings));
     if let Some(export) = &settings.export {
@@ -142,7 +181,11 @@ fn build_provider(settings: &Settings) -> Result<SdkTracerProvider, TelemetryErr
         };
         let exporter = match export.protocol {
             Protocol::HttpProtobuf => {
-                opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(&export.endpoint).build().map_err(failed)?
+                let mut http = opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(&export.endpoint);
+                if let Some(client) = client {
+                    http = http.with_http_client(client);
+                }
+                http.build().map_err(failed)?
             }
             Protocol::Grpc => {
                 opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&export.endpoint).build().map_err(failed)?

@@ -1,6 +1,6 @@
 //! Telemetry settings from the standard OpenTelemetry environment variables (and `RUST_LOG`).
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
 use crate::TelemetryError;
 
@@ -25,6 +25,9 @@ pub struct Export {
     pub protocol: Protocol,
     /// Used as given: for HTTP it ends in `/v1/traces`.
     pub endpoint: String,
+    /// PEM file of the CA(s) an `https://` collector's certificate is checked against, besides
+    /// the system's (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or `OTEL_EXPORTER_OTLP_CERTIFICATE`).
+    pub certificate: Option<PathBuf>,
 }
 
 /// How webhook and API request spans are exported (see `lean.rs`).
@@ -57,7 +60,9 @@ impl Settings {
     /// export off), `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as given) or
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (a base: `/v1/traces` is appended for HTTP),
     /// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or `OTEL_EXPORTER_OTLP_PROTOCOL` (`http/protobuf`,
-    /// the default, or `grpc`) and `RUST_LOG`. The sampler (`OTEL_TRACES_SAMPLER`,
+    /// the default, or `grpc`), `RUST_LOG`, and
+    /// `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or `OTEL_EXPORTER_OTLP_CERTIFICATE` (a CA file for
+    /// an `https://` collector, http/protobuf only). The sampler (`OTEL_TRACES_SAMPLER`,
     /// `OTEL_TRACES_SAMPLER_ARG`), `OTEL_RESOURCE_ATTRIBUTES` and the exporter's headers and
     /// timeout are read by the OpenTelemetry SDK itself.
     pub fn from_env(default_service_name: &str) -> Result<Self, TelemetryError> {
@@ -85,7 +90,8 @@ impl Settings {
             (None, Some(base)) => Some(base),
             (None, None) => None,
         };
-        let export = endpoint.filter(|_| !exporter_off && !disabled).map(|endpoint| Export { protocol, endpoint });
+        let certificate = var("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE").or_else(|| var("OTEL_EXPORTER_OTLP_CERTIFICATE")).map(PathBuf::from);
+        let export = endpoint.filter(|_| !exporter_off && !disabled).map(|endpoint| Export { protocol, endpoint, certificate });
         let sdk_options = ["HEADERS", "COMPRESSION", "TIMEOUT"]
             .iter()
             .any(|o| var(&format!("OTEL_EXPORTER_OTLP_{o}")).is_some() || var(&format!("OTEL_EXPORTER_OTLP_TRACES_{o}")).is_some());
@@ -119,9 +125,12 @@ mod tests {
     #[test]
     fn base_endpoint_gets_the_signal_path_for_http_only() {
         let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4318/")]).unwrap();
-        assert_eq!(s.export, Some(Export { protocol: Protocol::HttpProtobuf, endpoint: "http://jaeger:4318/v1/traces".into() }));
+        assert_eq!(
+            s.export,
+            Some(Export { protocol: Protocol::HttpProtobuf, endpoint: "http://jaeger:4318/v1/traces".into(), certificate: None })
+        );
         let s = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://jaeger:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap();
-        assert_eq!(s.export, Some(Export { protocol: Protocol::Grpc, endpoint: "http://jaeger:4317".into() }));
+        assert_eq!(s.export, Some(Export { protocol: Protocol::Grpc, endpoint: "http://jaeger:4317".into(), certificate: None }));
     }
 
     #[test]
@@ -134,8 +143,12 @@ mod tests {
             ("OTEL_SERVICE_NAME", "ci-eu"),
         ])
         .unwrap();
-        assert_eq!(s.export, Some(Export { protocol: Protocol::HttpProtobuf, endpoint: "http://b:9999/custom".into() }));
+        assert_eq!(s.export, Some(Export { protocol: Protocol::HttpProtobuf, endpoint: "http://b:9999/custom".into(), certificate: None }));
         assert_eq!(s.service_name, "ci-eu");
+        let s =
+            settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://otel.example:4318"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem")])
+                .unwrap();
+        assert_eq!(s.export.unwrap().certificate, Some(PathBuf::from("/etc/ca.pem")));
     }
 
     #[test]

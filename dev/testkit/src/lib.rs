@@ -10,6 +10,7 @@ pub mod nats;
 pub mod otlp;
 pub mod registry;
 pub mod ssh;
+pub mod tls;
 
 use std::{
     net::TcpListener,
@@ -27,6 +28,7 @@ pub use nats::TestNats;
 pub const API_TOKEN: &str = "conveyor-test-api-token";
 pub use registry::TestRegistry;
 pub use ssh::TestSshd;
+pub use tls::TlsProxy;
 
 /// The `conveyor` CLI binary (crate `conveyor-cli`): `CONVEYOR_BIN_DIR`, or the cargo target
 /// directory this test runs from, where `cargo test --workspace` builds it.
