@@ -4,15 +4,11 @@
 //! (read from JetStream when scraped). It only counts; it never decides anything.
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
-    pub outcome: String,
-}
+use conveyor_telemetry::metrics::{register, OutcomeLabel as Outcome};
 
 pub struct Metrics {
     registry: Registry,
@@ -28,24 +24,30 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("conveyor_cd");
-        let events = Family::<Outcome, Counter>::default();
-        registry.register(
+        let events = register(
+            &mut registry,
             "events",
             "Image-built events handled, by outcome (committed, partial, already_current, pinned, stale, held, dead_lettered, retry)",
-            events.clone(),
+            Family::<Outcome, Counter>::default(),
         );
-        let commits_pushed = Counter::default();
-        registry.register("commits_pushed", "Manifest commits pushed to the remote", commits_pushed.clone());
-        let push_retries = Counter::default();
-        registry.register("push_retries", "Pushes refused because the branch moved, then re-applied on the new head", push_retries.clone());
-        let apply_seconds = Histogram::new(conveyor_telemetry::metrics::duration_buckets());
-        registry.register("apply_duration_seconds", "Time to apply one batch: fetch, rewrite, commit and push", apply_seconds.clone());
-        let consumer_pending = Gauge::default();
-        registry.register("consumer_pending", "Events in the stream not yet delivered to this consumer (lag)", consumer_pending.clone());
-        let consumer_ack_pending = Gauge::default();
-        registry.register("consumer_ack_pending", "Events delivered and not yet acknowledged", consumer_ack_pending.clone());
-        let consumer_redelivered = Gauge::default();
-        registry.register("consumer_redelivered", "Events being delivered again", consumer_redelivered.clone());
+        let commits_pushed = register(&mut registry, "commits_pushed", "Manifest commits pushed to the remote", Counter::default());
+        let push_retries = register(
+            &mut registry,
+            "push_retries",
+            "Pushes refused because the branch moved, then re-applied on the new head",
+            Counter::default(),
+        );
+        let apply_seconds = register(
+            &mut registry,
+            "apply_duration_seconds",
+            "Time to apply one batch: fetch, rewrite, commit and push",
+            Histogram::new(conveyor_telemetry::metrics::duration_buckets()),
+        );
+        let consumer_pending =
+            register(&mut registry, "consumer_pending", "Events in the stream not yet delivered to this consumer (lag)", Gauge::default());
+        let consumer_ack_pending =
+            register(&mut registry, "consumer_ack_pending", "Events delivered and not yet acknowledged", Gauge::default());
+        let consumer_redelivered = register(&mut registry, "consumer_redelivered", "Events being delivered again", Gauge::default());
         Self { registry, events, commits_pushed, push_retries, apply_seconds, consumer_pending, consumer_ack_pending, consumer_redelivered }
     }
 }

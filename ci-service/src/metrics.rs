@@ -8,12 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use conveyor_telemetry::metrics::duration_buckets;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Outcome {
-    pub outcome: String,
-}
+use conveyor_telemetry::metrics::{duration_buckets, register, OutcomeLabel as Outcome};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Result_ {
@@ -47,28 +42,37 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("conveyor_ci");
-        let webhooks = Family::<Outcome, Counter>::default();
-        registry.register(
+        let webhooks = register(
+            &mut registry,
             "webhooks",
             "Webhook and manual build requests by outcome (queued, duplicate, ignored, pong, unauthorized, invalid, unavailable)",
-            webhooks.clone(),
+            Family::<Outcome, Counter>::default(),
         );
-        let builds = Family::<Result_, Counter>::default();
-        registry.register("builds", "Builds that ended, by result (succeeded, failed, cancelled, skipped)", builds.clone());
-        let steps = Family::<Step, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets()));
-        registry.register("step_duration_seconds", "Duration of build steps by step and result", steps.clone());
-        let retries = Family::<Retried, Counter>::default();
-        registry.register("step_retries", "Push and publish attempts that failed and were retried", retries.clone());
-        let running = Gauge::default();
-        registry.register("builds_running", "Builds running in this replica", running.clone());
-        let queue_jobs = Gauge::default();
-        registry.register("queue_jobs", "Jobs in the shared build queue (queued or running, all replicas)", queue_jobs.clone());
-        let queue_pending = Gauge::default();
-        registry.register("queue_pending", "Jobs no worker has taken yet (consumer lag)", queue_pending.clone());
-        let queue_ack_pending = Gauge::default();
-        registry.register("queue_ack_pending", "Jobs taken by a worker and not finished", queue_ack_pending.clone());
-        let queue_redelivered = Gauge::default();
-        registry.register("queue_redelivered", "Jobs being delivered again (their worker died or timed out)", queue_redelivered.clone());
+        let builds = register(
+            &mut registry,
+            "builds",
+            "Builds that ended, by result (succeeded, failed, cancelled, skipped)",
+            Family::<Result_, Counter>::default(),
+        );
+        let steps = register(
+            &mut registry,
+            "step_duration_seconds",
+            "Duration of build steps by step and result",
+            Family::<Step, Histogram>::new_with_constructor(|| Histogram::new(duration_buckets())),
+        );
+        let retries = register(
+            &mut registry,
+            "step_retries",
+            "Push and publish attempts that failed and were retried",
+            Family::<Retried, Counter>::default(),
+        );
+        let running = register(&mut registry, "builds_running", "Builds running in this replica", Gauge::default());
+        let queue_jobs =
+            register(&mut registry, "queue_jobs", "Jobs in the shared build queue (queued or running, all replicas)", Gauge::default());
+        let queue_pending = register(&mut registry, "queue_pending", "Jobs no worker has taken yet (consumer lag)", Gauge::default());
+        let queue_ack_pending = register(&mut registry, "queue_ack_pending", "Jobs taken by a worker and not finished", Gauge::default());
+        let queue_redelivered =
+            register(&mut registry, "queue_redelivered", "Jobs being delivered again (their worker died or timed out)", Gauge::default());
         Self { registry, webhooks, builds, steps, retries, running, queue_jobs, queue_pending, queue_ack_pending, queue_redelivered }
     }
 }

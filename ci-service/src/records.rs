@@ -8,149 +8,10 @@ use async_nats::jetstream::{self, kv};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-
-use crate::webhook::PushRequest;
 
 pub const BUCKET: &str = "conveyor_ci_builds";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BuildState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// Deliberately not built (branch filter, `[skip ci]`).
-    Skipped,
-}
-
-impl BuildState {
-    pub fn is_finished(self) -> bool {
-        !matches!(self, BuildState::Queued | BuildState::Running)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepState {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub name: String,
-    pub state: StepState,
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    /// Set when the step ended.
-    pub duration_ms: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuildRecord {
-    /// Build number: the job's sequence in the build queue.
-    pub id: u64,
-    /// What was pushed (its fields appear at the top level of the JSON).
-    #[serde(flatten)]
-    pub push: PushRequest,
-    pub state: BuildState,
-    pub steps: Vec<StepRecord>,
-    /// Image repository (`registry/name`), once known.
-    pub repository: Option<String>,
-    /// Tags given to the image: the short SHA, and the git tag for tag pushes.
-    pub tags: Vec<String>,
-    /// Registry digest, once pushed.
-    pub digest: Option<String>,
-    /// The published event's id and stream sequence.
-    pub event_id: Option<String>,
-    pub event_sequence: Option<u64>,
-    /// Why the build failed, was cancelled or skipped.
-    pub reason: Option<String>,
-    /// The OpenTelemetry trace of the push (open it in Jaeger); also in the manifest commit's
-    /// `Conveyor-Trace-Id` trailer.
-    #[serde(default)]
-    pub trace_id: Option<String>,
-    /// The replica that ran (or runs) it, and how many times it was started.
-    pub replica: Option<String>,
-    pub attempts: u32,
-    #[serde(with = "time::serde::rfc3339")]
-    pub queued_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub started_at: Option<OffsetDateTime>,
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-}
-
-impl BuildRecord {
-    pub fn queued(id: u64, push: &PushRequest, queued_at: OffsetDateTime, trace_id: Option<String>) -> Self {
-        BuildRecord {
-            id,
-            push: push.clone(),
-            state: BuildState::Queued,
-            steps: Vec::new(),
-            repository: None,
-            tags: Vec::new(),
-            digest: None,
-            event_id: None,
-            event_sequence: None,
-            reason: None,
-            trace_id,
-            replica: None,
-            attempts: 0,
-            queued_at,
-            started_at: None,
-            finished_at: None,
-        }
-    }
-
-    /// The step that failed, if one did.
-    pub fn failed_step(&self) -> Option<&str> {
-        self.steps.iter().rev().find(|s| s.state == StepState::Failed).map(|s| s.name.as_str())
-    }
-
-    /// Whether the image push has started (from then on the build cannot be cancelled).
-    pub fn push_started(&self) -> bool {
-        self.steps.iter().any(|s| s.name == "push")
-    }
-
-    pub fn step_started(&mut self, name: &str) {
-        self.steps.push(StepRecord {
-            name: name.into(),
-            state: StepState::Running,
-            started_at: OffsetDateTime::now_utc(),
-            duration_ms: None,
-        });
-    }
-
-    pub fn step_finished(&mut self, name: &str, state: StepState) {
-        if let Some(step) = self.steps.iter_mut().rev().find(|s| s.name == name && s.state == StepState::Running) {
-            step.state = state;
-            step.duration_ms = Some((OffsetDateTime::now_utc() - step.started_at).whole_milliseconds().max(0) as u64);
-        }
-    }
-
-    /// Ends the build; steps still running are marked with the same end.
-    pub fn finish(&mut self, state: BuildState, reason: Option<String>) {
-        let step_state = match state {
-            BuildState::Cancelled => StepState::Cancelled,
-            BuildState::Succeeded => StepState::Succeeded,
-            _ => StepState::Failed,
-        };
-        let running: Vec<String> = self.steps.iter().filter(|s| s.state == StepState::Running).map(|s| s.name.clone()).collect();
-        for name in running {
-            self.step_finished(&name, step_state);
-        }
-        self.state = state;
-        self.reason = reason;
-        self.finished_at = Some(OffsetDateTime::now_utc());
-    }
-}
+pub use conveyor_api::ci::{BuildRecord, BuildState, StepRecord, StepState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -243,7 +104,8 @@ impl Records {
 mod tests {
     use super::*;
 
-    use crate::webhook::{RefKind, Source};
+    use crate::webhook::{PushRequest, RefKind, Source};
+    use time::OffsetDateTime;
 
     fn rec() -> BuildRecord {
         let push = PushRequest {

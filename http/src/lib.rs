@@ -1,5 +1,5 @@
 //! The HTTP edge both services share: the server loop (hyper, HTTP/1 and HTTP/2, graceful
-//! shutdown) and the request limits every route gets. hyper itself answers a request with too
+//! shutdown) and the request limits every route gets, and the stop signal both binaries wait for. hyper itself answers a request with too
 //! many or too large headers with a bare `431`; here its own limits sit well above ours, so that
 //! the router answers first, in the documented `{error, message}` shape (`conveyor_api::ApiError`). It never looks into
 //! bodies or routes: those are the services' own.
@@ -28,6 +28,15 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// What hyper reads at most before it answers by itself (a bare `431`): far above ours.
 const TRANSPORT_MAX_HEADERS: usize = 1024;
 const TRANSPORT_MAX_BUF: usize = 1 << 20;
+
+/// Resolves on SIGTERM (how an orchestrator stops a container) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
 
 /// Refuses a request over [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`] with `431 headers_too_large`.
 pub async fn limit_headers(req: Request, next: Next) -> Response {

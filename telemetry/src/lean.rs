@@ -1,6 +1,6 @@
 //! The lean export path for request spans over OTLP/HTTP: a finished [`crate::context::RequestSpan`]
 //! is a small record pushed onto a queue, and a background thread writes each batch straight
-//! into an OTLP `ExportTraceServiceRequest` (protobuf, encoded here field by field) and POSTs it
+//! into an OTLP `ExportTraceServiceRequest` (opentelemetry-proto's types, encoded by prost) and POSTs it
 //! to the same endpoint the SDK's exporter uses. This skips what the SDK does for every span
 //! (span builder, sampler call, `SpanData`, the batch processor's channel, the conversion into the
 //! generated protobuf types), which costs several times more than the webhook span itself. It is
@@ -18,7 +18,13 @@ use std::{
 };
 
 use opentelemetry::{Array, KeyValue, Value};
+use opentelemetry_proto::tonic::{
+    common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue as KeyValuePb},
+    resource::v1::Resource as ResourcePb,
+    trace::v1::{span::SpanKind, status::StatusCode, Span, Status},
+};
 use opentelemetry_sdk::Resource;
+use prost::{encoding, Message};
 
 /// Spans held while the exporter is behind; more are dropped (and counted), as the SDK's batch
 /// processor does with its default queue of 2048.
@@ -153,134 +159,103 @@ fn export_loop(shared: &Shared, client: &reqwest::blocking::Client, endpoint: &s
     }
 }
 
-// Protobuf wire format: what the OTLP trace messages need of it.
+// The OTLP messages are opentelemetry-proto's generated types, encoded by prost. A batch is
+// encoded span by span into one buffer with a single reused `Span` message (its strings and
+// vectors keep their capacity), so a span costs no allocation; the enclosing messages, whose
+// lengths are only known then, are written around it with prost's own wire-format functions.
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
+/// `AnyValue` of an attribute value.
+fn any_value(v: &Value) -> AnyValue {
+    let value = match v {
+        Value::String(s) => any_value::Value::StringValue(s.as_str().to_string()),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::I64(i) => any_value::Value::IntValue(*i),
+        Value::F64(f) => any_value::Value::DoubleValue(*f),
+        Value::Array(a) => {
+            let values = match a {
+                Array::Bool(xs) => xs.iter().map(|x| any_value(&Value::Bool(*x))).collect(),
+                Array::I64(xs) => xs.iter().map(|x| any_value(&Value::I64(*x))).collect(),
+                Array::F64(xs) => xs.iter().map(|x| any_value(&Value::F64(*x))).collect(),
+                Array::String(xs) => xs.iter().map(|x| any_value(&Value::String(x.clone()))).collect(),
+                _ => Vec::new(),
+            };
+            any_value::Value::ArrayValue(ArrayValue { values })
+        }
+        other => any_value::Value::StringValue(other.as_str().into_owned()),
+    };
+    AnyValue { value: Some(value) }
+}
+
+/// Writes `v` into `slot`, reusing the string a previous span left there.
+fn set_any_value(slot: &mut Option<AnyValue>, v: &Value) {
+    if let (Value::String(s), Some(AnyValue { value: Some(any_value::Value::StringValue(buf)) })) = (v, slot.as_mut()) {
+        buf.clear();
+        buf.push_str(s.as_str());
+    } else {
+        *slot = Some(any_value(v));
     }
-    out.push(v as u8);
 }
 
-fn tag(out: &mut Vec<u8>, field: u32, wire: u8) {
-    varint(out, (u64::from(field) << 3) | u64::from(wire));
+/// Fills the reused `Span` message with `s`, a server span.
+fn fill_span(out: &mut Span, s: &Finished) {
+    out.trace_id.clear();
+    out.trace_id.extend_from_slice(&s.trace_id);
+    out.span_id.clear();
+    out.span_id.extend_from_slice(&s.span_id);
+    out.parent_span_id.clear();
+    if let Some(p) = &s.parent_span_id {
+        out.parent_span_id.extend_from_slice(p);
+    }
+    out.name.clear();
+    out.name.push_str(s.name);
+    out.kind = SpanKind::Server as i32;
+    out.start_time_unix_nano = s.start;
+    out.end_time_unix_nano = s.end;
+    out.attributes.truncate(s.attributes.len());
+    for (i, kv) in s.attributes.iter().enumerate() {
+        if i == out.attributes.len() {
+            out.attributes.push(KeyValuePb::default());
+        }
+        let slot = &mut out.attributes[i];
+        slot.key.clear();
+        slot.key.push_str(kv.key.as_str());
+        set_any_value(&mut slot.value, &kv.value);
+    }
+    out.status = s.error.map(|message| Status { message: message.to_string(), code: StatusCode::Error as i32 });
+    // Sampled, and whether the parent is remote (known: it came from the caller) —
+    // SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | IS_REMOTE when there is a parent.
+    out.flags = 0x01 | 0x100 | if s.parent_span_id.is_some() { 0x200 } else { 0 };
 }
 
-fn length_delimited(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
-    tag(out, field, 2);
-    varint(out, bytes.len() as u64);
+/// The `Resource` message, encoded once per exporter.
+pub(crate) fn encode_resource(resource: &Resource) -> Vec<u8> {
+    let attributes =
+        resource.iter().map(|(k, v)| KeyValuePb { key: k.as_str().to_string(), value: Some(any_value(v)), ..Default::default() }).collect();
+    ResourcePb { attributes, ..Default::default() }.encode_to_vec()
+}
+
+/// Appends field `tag` holding the already encoded message `bytes`.
+fn nested(out: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    encoding::encode_key(tag, encoding::WireType::LengthDelimited, out);
+    encoding::encode_varint(bytes.len() as u64, out);
     out.extend_from_slice(bytes);
 }
 
-fn fixed64(out: &mut Vec<u8>, field: u32, v: u64) {
-    tag(out, field, 1);
-    out.extend_from_slice(&v.to_le_bytes());
-}
-
-/// `AnyValue` (opentelemetry.proto.common.v1).
-fn any_value(out: &mut Vec<u8>, v: &Value) {
-    match v {
-        Value::String(s) => length_delimited(out, 1, s.as_str().as_bytes()),
-        Value::Bool(b) => {
-            tag(out, 2, 0);
-            varint(out, u64::from(*b));
-        }
-        Value::I64(i) => {
-            tag(out, 3, 0);
-            varint(out, *i as u64);
-        }
-        Value::F64(f) => fixed64(out, 4, f.to_bits()),
-        Value::Array(a) => {
-            // ArrayValue { values = 1 }
-            let mut array = Vec::new();
-            let mut push = |v: Value| {
-                let mut item = Vec::new();
-                any_value(&mut item, &v);
-                length_delimited(&mut array, 1, &item);
-            };
-            match a {
-                Array::Bool(xs) => xs.iter().for_each(|x| push(Value::Bool(*x))),
-                Array::I64(xs) => xs.iter().for_each(|x| push(Value::I64(*x))),
-                Array::F64(xs) => xs.iter().for_each(|x| push(Value::F64(*x))),
-                Array::String(xs) => xs.iter().for_each(|x| push(Value::String(x.clone()))),
-                _ => {}
-            }
-            length_delimited(out, 5, &array);
-        }
-        _ => length_delimited(out, 1, v.as_str().as_bytes()),
-    }
-}
-
-/// `KeyValue { key = 1, value = 2 }`.
-fn key_value(out: &mut Vec<u8>, key: &str, value: &Value) {
-    length_delimited(out, 1, key.as_bytes());
-    let mut v = Vec::with_capacity(32);
-    any_value(&mut v, value);
-    length_delimited(out, 2, &v);
-}
-
-/// `Span` (opentelemetry.proto.trace.v1): a server span.
-fn span(out: &mut Vec<u8>, s: &Finished, scratch: &mut Vec<u8>) {
-    length_delimited(out, 1, &s.trace_id);
-    length_delimited(out, 2, &s.span_id);
-    if let Some(p) = &s.parent_span_id {
-        length_delimited(out, 4, p);
-    }
-    length_delimited(out, 5, s.name.as_bytes());
-    tag(out, 6, 0);
-    varint(out, 2); // SPAN_KIND_SERVER
-    fixed64(out, 7, s.start);
-    fixed64(out, 8, s.end);
-    for kv in &s.attributes {
-        scratch.clear();
-        key_value(scratch, kv.key.as_str(), &kv.value);
-        length_delimited(out, 9, scratch);
-    }
-    if let Some(message) = s.error {
-        // Status { message = 2, code = 3 (STATUS_CODE_ERROR = 2) }
-        scratch.clear();
-        length_delimited(scratch, 2, message.as_bytes());
-        tag(scratch, 3, 0);
-        varint(scratch, 2);
-        length_delimited(out, 15, scratch);
-    }
-    // flags = 16 (fixed32): sampled, and whether the parent is remote (known: it came from the
-    // caller) — SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | IS_REMOTE when there is a parent.
-    tag(out, 16, 5);
-    let flags: u32 = 0x01 | 0x100 | if s.parent_span_id.is_some() { 0x200 } else { 0 };
-    out.extend_from_slice(&flags.to_le_bytes());
-}
-
-/// The fields of a `Resource { attributes = 1 }`, encoded once per exporter.
-pub(crate) fn encode_resource(resource: &Resource) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in resource.iter() {
-        let mut kv = Vec::new();
-        key_value(&mut kv, k.as_str(), v);
-        length_delimited(&mut out, 1, &kv);
-    }
-    out
-}
-
-/// `ExportTraceServiceRequest { resource_spans = 1 }` holding one resource and one scope.
-pub(crate) fn encode_request(resource_attributes: &[u8], scope: &str, spans: &[Finished]) -> Vec<u8> {
+/// `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource, scope_spans:
+/// [ScopeSpans { scope, spans }] }] }`.
+pub(crate) fn encode_request(resource: &[u8], scope: &str, spans: &[Finished]) -> Vec<u8> {
     let mut scope_spans = Vec::with_capacity(spans.len() * 256 + 64);
-    // InstrumentationScope { name = 1 }
-    let mut scope_msg = Vec::new();
-    length_delimited(&mut scope_msg, 1, scope.as_bytes());
-    length_delimited(&mut scope_spans, 1, &scope_msg);
-    let (mut one, mut scratch) = (Vec::with_capacity(256), Vec::with_capacity(64));
+    encoding::message::encode(1, &InstrumentationScope { name: scope.to_string(), ..Default::default() }, &mut scope_spans);
+    let mut span = Span::default();
     for s in spans {
-        one.clear();
-        span(&mut one, s, &mut scratch);
-        length_delimited(&mut scope_spans, 2, &one);
+        fill_span(&mut span, s);
+        encoding::message::encode(2, &span, &mut scope_spans);
     }
-    let mut resource_spans = Vec::with_capacity(scope_spans.len() + resource_attributes.len() + 16);
-    length_delimited(&mut resource_spans, 1, resource_attributes);
-    length_delimited(&mut resource_spans, 2, &scope_spans);
+    let mut resource_spans = Vec::with_capacity(scope_spans.len() + resource.len() + 16);
+    nested(&mut resource_spans, 1, resource);
+    nested(&mut resource_spans, 2, &scope_spans);
     let mut request = Vec::with_capacity(resource_spans.len() + 8);
-    length_delimited(&mut request, 1, &resource_spans);
+    nested(&mut request, 1, &resource_spans);
     request
 }
 

@@ -14,6 +14,19 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// The `outcome` label both services count their inputs by (webhooks, events).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Registers `metric` as `name` with `help` and hands it back (a metric is a shared handle: the
+/// registry renders what the service counts on its copy).
+pub fn register<M: prometheus_client::registry::Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Buckets for step durations, from 10 ms to about 20 minutes.
 pub fn duration_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.5, 14)

@@ -10,55 +10,12 @@ pub mod generic;
 pub mod signature;
 
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::secrets::{Proof, WebhookSecrets};
 use conveyor_proto::validate;
 
-/// Who sent the push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Generic,
-    Github,
-    Gitlab,
-    Gitea,
-    /// `POST /builds` by a user.
-    Manual,
-}
-
-/// Whether a branch or a tag was pushed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RefKind {
-    Branch,
-    Tag,
-}
-
-/// A push that should be built: one commit of one repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PushRequest {
-    /// Application name (DNS label); derives the image repository and the event subject.
-    pub app: String,
-    /// Where the commit is fetched from (URL or local path).
-    pub repo_url: String,
-    /// The full ref that was pushed, e.g. `refs/heads/main` or `refs/tags/v1.2.0`.
-    #[serde(rename = "ref")]
-    pub git_ref: String,
-    pub ref_kind: RefKind,
-    /// The branch or tag name, `main`, `v1.2.0`.
-    pub ref_name: String,
-    /// Full commit id.
-    pub commit: String,
-    pub source: Source,
-    /// The sender's delivery id (`X-GitHub-Delivery`, ...), when it sends one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<String>,
-    /// The authenticated repository (forge full name, or the generic `repo_url`): what the app
-    /// and the images the build may push are granted to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authenticated_repo: Option<String>,
-}
+pub use conveyor_api::ci::{PushRequest, RefKind, Source};
 
 /// What to do with a well-formed, authentic notification.
 #[derive(Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@
 //! row of the table `dev/faults` prints: faults injected, inputs, manifest updates expected and
 //! found, duplicates, losses, crashes. The goal is zero duplicated, zero lost, zero crashes.
 
+pub mod bad_webhooks;
 pub mod forged;
 pub mod procs;
 pub mod scenarios;
@@ -192,7 +193,7 @@ pub async fn run(scale: &Scale, seed: u64, only: &[String]) -> Vec<Row> {
             "nats-restart" => scenarios::nats_restart(scale, rng).await,
             "registry-outage" => scenarios::registry_outage(scale, rng).await,
             "outside-pushes" => scenarios::outside_pushes(scale, rng).await,
-            "bad-webhooks" => scenarios::bad_webhooks(scale, rng).await,
+            "bad-webhooks" => bad_webhooks::bad_webhooks(scale, rng).await,
             "forged-deploys" => forged::forged_deploys(scale, rng).await,
             _ => unreachable!(),
         };
