@@ -22,7 +22,7 @@ pub struct DeployIndex {
     /// When the build deployed now started, per (app, environment): from the newest block that
     /// records a build start.
     started: HashMap<(String, String), OffsetDateTime>,
-    /// Commits read so far (for tests and logs).
+    /// Commits read since the index was made or last read again.
     commits_read: usize,
 }
 
@@ -44,6 +44,7 @@ impl DeployIndex {
             }
             None => {}
         }
+        let before = self.commits_read;
         // Oldest first: a later commit, and a later block within one commit, overrides.
         for oid in walk {
             let commit = repo.find_commit(oid?)?;
@@ -55,6 +56,7 @@ impl DeployIndex {
             }
         }
         self.head = Some(head);
+        tracing::debug!(%head, read = self.commits_read - before, total = self.commits_read, "deploy index refreshed");
         Ok(())
     }
 
@@ -81,6 +83,7 @@ impl DeployIndex {
     }
 
     /// How many commits the index has read since it was made (or last read again).
+    #[cfg(test)]
     pub fn commits_read(&self) -> usize {
         self.commits_read
     }

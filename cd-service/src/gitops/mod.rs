@@ -283,11 +283,6 @@ impl ManifestRepo {
         self.index.lock().expect("the deploy index lock is never held across a panic").deployments(app, env, limit)
     }
 
-    /// How many commits the deploy index has read (it reads each commit once).
-    pub fn commits_indexed(&self) -> usize {
-        self.index.lock().expect("the deploy index lock is never held across a panic").commits_read()
-    }
-
     /// The diff that applying `event` would commit on the current head, without committing:
     /// the edits are made in the warm clone, diffed, and reset.
     pub fn preview(&self, event: &ImageBuilt) -> Result<String, GitOpsError> {
