@@ -153,10 +153,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Every name, as on the wire and in the metrics' `outcome` label.
-    pub const NAMES: [&'static str; 8] = ["committed", "partial", "already_current", "pinned", "stale", "held", "dead_lettered", "retry"];
-
-    /// The stable word for this outcome.
+    /// The stable word for this outcome, as on the wire and in the metrics' `outcome` label.
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Committed { .. } => "committed",
@@ -254,7 +251,8 @@ mod tests {
             Outcome::DeadLettered { detail: "d".into() },
             Outcome::Retry { detail: "r".into() },
         ];
-        for (o, name) in all.iter().zip(Outcome::NAMES) {
+        let names = ["committed", "partial", "already_current", "pinned", "stale", "held", "dead_lettered", "retry"];
+        for (o, name) in all.iter().zip(names) {
             assert_eq!(o.name(), name);
             let record = OutcomeRecord {
                 sequence: 7,

@@ -58,18 +58,10 @@ pub fn unquote_tag(text: &str, tag: &str) -> String {
     text.replace(&format!("\"{tag}\""), tag).replace(&format!("'{tag}'"), tag)
 }
 
-/// Where the `ci-service` and `cd-service` binaries are: `CONVEYOR_BIN_DIR`, or the cargo
-/// target directory this executable runs from (`cargo test --workspace` and `cargo build`
-/// build them there).
+/// Where the `ci-service` and `cd-service` binaries are ([`conveyor_testkit::bin_dir`]), once
+/// both are there.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CONVEYOR_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().context("executable has no directory")?.to_path_buf();
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.pop();
-    }
+    let dir = conveyor_testkit::bin_dir();
     for bin in ["ci-service", "cd-service"] {
         if !dir.join(bin).is_file() {
             bail!("{} not found in {}: build the workspace first (`cargo build --workspace`)", bin, dir.display());

@@ -30,21 +30,23 @@ pub use registry::TestRegistry;
 pub use ssh::TestSshd;
 pub use tls::TlsProxy;
 
-/// The `conveyor` CLI binary (crate `conveyor-cli`): `CONVEYOR_BIN_DIR`, or the cargo target
-/// directory this test runs from, where `cargo test --workspace` builds it.
+/// Where the workspace's binaries are: `CONVEYOR_BIN_DIR`, or the cargo target directory this
+/// test runs from (`cargo test --workspace` and `cargo build` build them there).
+pub fn bin_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("CONVEYOR_BIN_DIR") {
+        return std::path::PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test knows its executable");
+    let mut dir = exe.parent().expect("an executable has a directory").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The `conveyor` CLI binary (crate `conveyor-cli`) in [`bin_dir`].
 pub fn conveyor_cli() -> std::path::PathBuf {
-    let dir = match std::env::var_os("CONVEYOR_BIN_DIR") {
-        Some(dir) => std::path::PathBuf::from(dir),
-        None => {
-            let exe = std::env::current_exe().expect("the test knows its executable");
-            let mut dir = exe.parent().expect("an executable has a directory").to_path_buf();
-            if dir.file_name().is_some_and(|n| n == "deps") {
-                dir.pop();
-            }
-            dir
-        }
-    };
-    let bin = dir.join("conveyor");
+    let bin = bin_dir().join("conveyor");
     assert!(bin.is_file(), "{} not found: build it first (`cargo build -p conveyor-cli`, or run `dev/test`)", bin.display());
     bin
 }
