@@ -58,13 +58,13 @@ pub fn unquote_tag(text: &str, tag: &str) -> String {
     text.replace(&format!("\"{tag}\""), tag).replace(&format!("'{tag}'"), tag)
 }
 
-/// Where the `ci-service` and `cd-service` binaries are ([`conveyor_testkit::bin_dir`]), once
-/// both are there.
+/// Where the `ci-service`, `cd-service` and `conveyor` binaries are
+/// ([`conveyor_testkit::bin_dir`]), once all three are there.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let dir = conveyor_testkit::bin_dir();
-    for bin in ["ci-service", "cd-service"] {
+    for bin in ["ci-service", "cd-service", "conveyor"] {
         if !dir.join(bin).is_file() {
-            bail!("{} not found in {}: build the workspace first (`cargo build --workspace`)", bin, dir.display());
+            bail!("{} not found in {}: build the workspace first (`cargo build --workspace --bins`, or run `dev/test`)", bin, dir.display());
         }
     }
     Ok(dir)
