@@ -1,5 +1,5 @@
-//! cd-service's routes: `POST /promote`, `POST /replay`, `GET /history`, `GET /outcomes` and
-//! `GET /readyz`. [`Outcome`] is the one type for what happened to an event, from the deploy
+//! cd-service's routes: `POST /promote`, `POST /replay`, `GET /history`, `GET /environments`,
+//! `GET /outcomes` and `GET /readyz`. [`Outcome`] is the one type for what happened to an event, from the deploy
 //! planner to the `/outcomes` list and the metrics' label.
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +114,20 @@ pub struct Deployment {
     /// When the deployed image's build started (orders builds; a rollback goes to an older one).
     #[serde(with = "time::serde::rfc3339::option")]
     pub build_started_at: Option<OffsetDateTime>,
+}
+
+/// One environment of one app (`GET /environments` lists every one of the manifest repository):
+/// how new builds reach it and what Conveyor deployed there last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentStatus {
+    pub app: String,
+    pub environment: String,
+    /// `auto` (every green build is deployed) or `manual` (only promotions and replays are).
+    pub policy: String,
+    /// Why new builds are held here (`pinned:` in conveyor.yaml); promotions still deploy.
+    pub pinned: Option<String>,
+    /// The newest deployment here, if Conveyor made one.
+    pub current: Option<Deployment>,
 }
 
 /// `GET /outcomes?limit=100&outcome=dead_lettered`.

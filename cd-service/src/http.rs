@@ -1,6 +1,7 @@
 //! cd-service's HTTP surface: `POST /promote` (deploy an already built image to an environment,
 //! checked against the manifest repository's `conveyor.yaml`), `POST /replay` (redeploy or roll
 //! back to an earlier event's image), `GET /history` (what was deployed, newest first),
+//! `GET /environments` (every app and environment: policy, pin, what runs there),
 //! `GET /outcomes` (what happened to the latest events, skips included), and the operator's
 //! `GET /healthz`, `GET /readyz` and `GET /metrics`. A promotion or replay is traced from its
 //! request (continuing an incoming `traceparent`) and linked to the trace of the build it
@@ -25,7 +26,7 @@ use axum::{
     Json, Router,
 };
 use conveyor_api::{
-    cd::{HistoryQuery, OutcomesQuery, PromoteAccepted, PromoteRequest, Readiness, ReplayRequest},
+    cd::{EnvironmentStatus, HistoryQuery, OutcomesQuery, PromoteAccepted, PromoteRequest, Readiness, ReplayRequest},
     ApiError,
 };
 use tokio::sync::Mutex;
@@ -58,6 +59,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .merge(actions)
         .route("/outcomes", get(outcomes_handler))
         .route("/history", get(history_handler))
+        .route("/environments", get(environments_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -173,6 +175,48 @@ async fn history_handler(State(state): State<Arc<HttpState>>, Query(q): Query<Hi
         d.sequence = events.iter().find(|(_, e)| e.event_id == d.event_id).map(|(s, _)| *s);
     }
     Ok(Json(deployments).into_response())
+}
+
+/// `GET /environments`: every environment of every app in `conveyor.yaml` (without one, every
+/// app Conveyor deployed, in `default`), with its policy, its pin and the newest deployment.
+async fn environments_handler(State(state): State<Arc<HttpState>>) -> Result<Response, ApiError> {
+    let repo = state.repo.lock().await;
+    tokio::task::block_in_place(|| repo.sync()).map_err(|e| ApiError::new(503, "repo_unavailable", e.to_string()))?;
+    let config = manifest_config::load(repo.work_tree()).map_err(|e| ApiError::new(409, "invalid_manifest_config", e))?;
+    let current = |app: &str, env: &str| repo.deployments(app, Some(env), 1).into_iter().next();
+    let list: Vec<EnvironmentStatus> = match config {
+        Some(config) => config
+            .apps
+            .iter()
+            .flat_map(|(app, a)| {
+                a.environments.iter().map(move |(env, e)| EnvironmentStatus {
+                    app: app.clone(),
+                    environment: env.clone(),
+                    policy: match e.policy {
+                        manifest_config::Policy::Auto => "auto",
+                        manifest_config::Policy::Manual => "manual",
+                    }
+                    .into(),
+                    pinned: e.pinned.clone(),
+                    current: None,
+                })
+            })
+            .collect(),
+        None => repo
+            .deployed_apps()
+            .into_iter()
+            .map(|app| EnvironmentStatus {
+                app,
+                environment: manifest_config::DEFAULT_ENV.into(),
+                policy: "auto".into(),
+                pinned: None,
+                current: None,
+            })
+            .collect(),
+    };
+    let list: Vec<EnvironmentStatus> =
+        list.into_iter().map(|s| EnvironmentStatus { current: current(&s.app, &s.environment), ..s }).collect();
+    Ok(Json(list).into_response())
 }
 
 async fn replay_handler(

@@ -7,7 +7,7 @@ use common::{applied, image_built, seeded_repo, start_cd, RunningCd};
 
 use std::{path::Path, process::Command};
 
-use conveyor_api::cd::{Outcome, OutcomeRecord};
+use conveyor_api::cd::{EnvironmentStatus, Outcome, OutcomeRecord};
 use conveyor_proto::{headers, ImageBuilt, DEADLETTER_STREAM};
 use conveyor_testkit::{BareRepo, TestNats, WorkClone};
 use serde_json::{json, Value};
@@ -89,6 +89,20 @@ async fn builds_reach_auto_environments_and_production_moves_only_by_promotion()
     applied(&nats, seq).await;
     assert_eq!(tag_in(&bare, "production"), "v3");
     assert!(bare.message("main").contains("by bob"));
+
+    // `GET /environments` (the console's matrix): every app and environment of conveyor.yaml,
+    // with its policy and what was deployed there last, by what.
+    let envs: Vec<EnvironmentStatus> = reqwest::get(format!("http://{}/environments", cd.http)).await.unwrap().json().await.unwrap();
+    let row = |app: &str, env: &str| {
+        envs.iter().find(|e| e.app == app && e.environment == env).unwrap_or_else(|| panic!("{app}/{env} in {envs:?}"))
+    };
+    assert_eq!(envs.len(), 3, "{envs:?}");
+    let (staging, production, api) = (row("web", "staging"), row("web", "production"), row("api", "staging"));
+    assert_eq!((staging.policy.as_str(), production.policy.as_str()), ("auto", "manual"));
+    let (s, p) = (staging.current.as_ref().unwrap(), production.current.as_ref().unwrap());
+    assert_eq!((s.tag.as_str(), s.kind.as_str()), ("v3", "build"));
+    assert_eq!((p.tag.as_str(), p.kind.as_str(), p.requested_by.as_deref()), ("v3", "promotion", Some("bob")));
+    assert!(api.current.is_none(), "nothing was deployed to api: {api:?}");
 
     // Refusals are JSON with a stable code, and queue nothing.
     for (body, status, code) in [

@@ -4,11 +4,16 @@
 //! build ended; cancel by request; a step over its time limit fails and leaves no container;
 //! logs stream live over Server-Sent Events; a failed registry push is retried by hand without
 //! rebuilding; the end of a build is stored across a NATS outage; a NATS file store too small
-//! for the log stream is named at startup.
+//! for the log stream is named at startup; a step's last line without a newline is in the log
+//! of every build (the engine's output is drained after the container exits).
 
 mod common;
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_nats::jetstream::AckKind;
 use futures::StreamExt;
@@ -359,4 +364,80 @@ async fn a_nats_store_too_small_for_the_log_stream_is_named_at_startup() {
     let build = ci.wait_finished(id).await;
     assert_eq!(build["state"], "succeeded", "{build}");
     assert!(ci.logs(id).await.contains("tests-passed"), "{}", ci.logs(id).await);
+}
+
+#[derive(Default, Clone)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl ci_service::build::docker::LogSink for Lines {
+    fn line(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_string());
+    }
+}
+
+/// Output on both streams, a burst of lines, then a last line with no newline, quick to exit:
+/// the shape whose last line went missing.
+/// `printf_args` print the last line.
+fn burst_then_unterminated(printf_args: &str) -> String {
+    format!("i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done; echo err >&2; printf {printf_args}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steps_last_line_without_a_newline_is_never_lost() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let docker = bollard::Docker::connect_with_local_defaults().unwrap().negotiate_version().await.unwrap();
+    let mut missing = Vec::new();
+    for i in 0..24 {
+        let lines = Lines::default();
+        let labels = HashMap::from([("conveyor.test".to_string(), "step-logs".to_string())]);
+        let command = burst_then_unterminated(&format!("'tail-of-run-{i}'"));
+        ci_service::build::docker::run_tests(&docker, BUSYBOX_IMAGE, &command, labels, Duration::from_secs(60), &lines)
+            .await
+            .expect("the command exits 0");
+        let got = lines.0.lock().unwrap().clone();
+        assert_eq!(got.iter().filter(|l| l.starts_with("line ")).count(), 200, "run {i}: every full line, once: {got:?}");
+        assert_eq!(got.iter().filter(|l| l.starts_with("tail-of-run-")).count(), 1, "run {i}: the last line once: {got:?}");
+        if got.last().map(String::as_str) != Some(format!("tail-of-run-{i}").as_str()) {
+            missing.push((i, got.last().cloned()));
+        }
+    }
+    assert!(missing.is_empty(), "runs whose last line is missing or not last: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_builds_log_ends_with_the_tests_last_line_even_without_a_newline() {
+    TestDocker::ensure(&[BUSYBOX_IMAGE]);
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = Ci::start(&nats, &registry.addr, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = format!("branches: [\"t/*\"]\ntest: |-\n  {}\n", burst_then_unterminated("'tail-of-build-%s' \"$(cat /app/VERSION)\""));
+    let (bare, work, _) = app_repo(dir.path(), &[(".conveyor.yml", &pipeline)]);
+    // Twelve builds, each of its own branch (a newer push would cancel an older one of its branch).
+    let mut builds = Vec::new();
+    for n in 1..=12 {
+        work.write("VERSION", &n.to_string());
+        let commit = work.commit_all(&format!("version {n}"));
+        let out = std::process::Command::new("git")
+            .current_dir(&work.path)
+            .args(["push", "-q", "origin", &format!("HEAD:refs/heads/t/{n}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        builds.push((n, ci.push_commit(&bare, &format!("refs/heads/t/{n}"), &commit).await));
+    }
+    let mut missing = Vec::new();
+    for (n, id) in builds {
+        let build = ci.wait_finished(id).await;
+        assert_eq!(build["state"], "succeeded", "{build}");
+        let logs = ci.logs(id).await;
+        let test_part: Vec<&str> = logs.lines().skip_while(|l| *l != "line 0").collect();
+        assert_eq!(test_part.iter().filter(|l| l.starts_with("line ")).count(), 200, "build {id}:\n{logs}");
+        // The step's output is whole, and its last line is the step's last before the next step.
+        let tail = format!("tail-of-build-{n}");
+        match test_part.iter().position(|l| *l == tail) {
+            Some(at) if test_part[..at].iter().filter(|l| l.starts_with("line ")).count() == 200 => {}
+            _ => missing.push((id, logs)),
+        }
+    }
+    assert!(missing.is_empty(), "builds whose log lost the test's last line: {missing:#?}");
 }

@@ -82,6 +82,13 @@ impl DeployIndex {
             .unwrap_or_default()
     }
 
+    /// Every app with a deployment, sorted.
+    pub fn apps(&self) -> Vec<String> {
+        let mut apps: Vec<String> = self.by_app.keys().cloned().collect();
+        apps.sort();
+        apps
+    }
+
     /// How many commits the index has read since it was made (or last read again).
     #[cfg(test)]
     pub fn commits_read(&self) -> usize {

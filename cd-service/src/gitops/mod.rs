@@ -283,6 +283,11 @@ impl ManifestRepo {
         self.index.lock().expect("the deploy index lock is never held across a panic").deployments(app, env, limit)
     }
 
+    /// Every app with a deployment, as of the last sync.
+    pub fn deployed_apps(&self) -> Vec<String> {
+        self.index.lock().expect("the deploy index lock is never held across a panic").apps()
+    }
+
     /// The diff that applying `event` would commit on the current head, without committing:
     /// the edits are made in the warm clone, diffed, and reset.
     pub fn preview(&self, event: &ImageBuilt) -> Result<String, GitOpsError> {

@@ -184,25 +184,59 @@ pub async fn run_tests(
 
 async fn run_to_exit(docker: &Docker, id: &str, log: &dyn LogSink) -> Result<i64, DockerError> {
     docker.start_container(id, None).await?;
-    let mut logs = docker.logs(id, Some(LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build()));
-    let mut pending = String::new();
+    let all = || LogsOptionsBuilder::default().stdout(true).stderr(true);
+    let mut logs = docker.logs(id, Some(all().follow(true).build()));
+    let mut lines = LineSplitter::default();
     while let Some(chunk) = logs.next().await {
-        let chunk = chunk?;
-        pending.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
-        while let Some(pos) = pending.find('\n') {
-            log.line(pending[..pos].trim_end_matches('\r'));
-            pending.drain(..=pos);
-        }
-    }
-    if !pending.is_empty() {
-        log.line(&pending);
+        lines.push(&chunk?.into_bytes(), log);
     }
     let mut wait = docker.wait_container(id, None);
-    match wait.next().await {
+    let code = match wait.next().await {
         Some(Ok(resp)) => Ok(resp.status_code),
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
         Some(Err(e)) => Err(e.into()),
         None => Err(DockerError::Build("the engine ended the wait without an exit code".into())),
+    };
+    // Following ends when the container stops, which can be before the engine's log driver has
+    // written the last line when it has no newline (seen in 1 to 5 of 12 builds): read the
+    // whole log once more now that the container has exited, and take what follow missed.
+    let mut full = Vec::new();
+    let mut rest = docker.logs(id, Some(all().follow(false).build()));
+    while let Some(chunk) = rest.next().await {
+        full.extend_from_slice(&chunk?.into_bytes());
+    }
+    if let Some(missed) = full.get(lines.seen..) {
+        lines.push(missed, log);
+    }
+    lines.finish(log);
+    code
+}
+
+/// Splits a container's output into log lines as it arrives, counting the bytes it was given.
+#[derive(Default)]
+struct LineSplitter {
+    pending: Vec<u8>,
+    /// Bytes given so far.
+    seen: usize,
+}
+
+impl LineSplitter {
+    fn push(&mut self, bytes: &[u8], log: &dyn LogSink) {
+        self.seen += bytes.len();
+        self.pending.extend_from_slice(bytes);
+        while let Some(pos) = self.pending.iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&self.pending[..pos]).trim_end_matches('\r').to_string();
+            log.line(&line);
+            self.pending.drain(..=pos);
+        }
+    }
+
+    /// The last line, when it has no newline.
+    fn finish(&mut self, log: &dyn LogSink) {
+        if !self.pending.is_empty() {
+            log.line(String::from_utf8_lossy(&self.pending).trim_end_matches('\r'));
+            self.pending.clear();
+        }
     }
 }
 

@@ -58,13 +58,17 @@ pub fn unquote_tag(text: &str, tag: &str) -> String {
     text.replace(&format!("\"{tag}\""), tag).replace(&format!("'{tag}'"), tag)
 }
 
-/// Where the `ci-service`, `cd-service` and `conveyor` binaries are
-/// ([`conveyor_testkit::bin_dir`]), once all three are there.
+/// Where the `ci-service`, `cd-service`, `conveyor-console` and `conveyor` binaries are
+/// ([`conveyor_testkit::bin_dir`]), once all of them are there.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let dir = conveyor_testkit::bin_dir();
-    for bin in ["ci-service", "cd-service", "conveyor"] {
+    for bin in ["ci-service", "cd-service", "conveyor-console", "conveyor"] {
         if !dir.join(bin).is_file() {
-            bail!("{} not found in {}: build the workspace first (`cargo build --workspace --bins`, or run `dev/test`)", bin, dir.display());
+            bail!(
+                "{} not found in {}: build the workspace first (`cargo build --workspace --bins`, or run `dev/test`)",
+                bin,
+                dir.display()
+            );
         }
     }
     Ok(dir)
@@ -74,6 +78,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 pub struct Stack {
     // Declared first, so dropped first: the services stop before the repositories and servers
     // they use go away.
+    _console: ChildGuard,
     _ci: ChildGuard,
     _cd: ChildGuard,
     pub nats: TestNats,
@@ -87,6 +92,10 @@ pub struct Stack {
     pub cd_url: String,
     /// The token cd-service's `POST` calls need (`Authorization: Bearer`).
     pub api_token: String,
+    /// The web console (`conveyor-console`), reading both services.
+    pub console_url: String,
+    /// The Jaeger UI the console's trace links point at.
+    pub jaeger_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -94,7 +103,7 @@ impl Drop for Stack {
     /// A failed test's services are gone with its temp dir: show the end of their logs first.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            for name in ["ci-service", "cd-service"] {
+            for name in ["ci-service", "cd-service", "console"] {
                 let log = self.service_log(name);
                 let tail: Vec<&str> = log.lines().rev().take(60).collect();
                 eprintln!("--- the last {} lines of {name}'s log ---", tail.len());
@@ -182,7 +191,39 @@ impl Stack {
         app_repo.set_config("conveyor.secret", &webhook_secret);
         let dev = WorkClone::init(d.join("dev/flask-app"), &app_repo);
 
-        let stack = Stack { nats, registry, app_repo, manifest_repo, dev, ci_url, cd_url, api_token, dir, _ci: ci, _cd: cd };
+        // The console, in front of both services.
+        let console_port = free_port();
+        let console_url = format!("http://127.0.0.1:{console_port}");
+        let jaeger_url = std::env::var("CONVEYOR_JAEGER_URL").unwrap_or_else(|_| "http://localhost:16686".into());
+        let console_log = std::fs::File::create(d.join("console.log"))?;
+        let console = Command::new(bins.join("conveyor-console"))
+            .env("CONVEYOR_CONSOLE_LISTEN", format!("127.0.0.1:{console_port}"))
+            .env("CONVEYOR_CI_URL", &ci_url)
+            .env("CONVEYOR_CD_URL", &cd_url)
+            .env("CONVEYOR_JAEGER_URL", &jaeger_url)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(console_log)
+            .spawn()
+            .context("start conveyor-console")?;
+        let console = ChildGuard(console);
+
+        let stack = Stack {
+            nats,
+            registry,
+            app_repo,
+            manifest_repo,
+            dev,
+            ci_url,
+            cd_url,
+            api_token,
+            console_url,
+            jaeger_url,
+            dir,
+            _console: console,
+            _ci: ci,
+            _cd: cd,
+        };
         stack.wait_ready().await?;
         Ok(stack)
     }
@@ -193,14 +234,16 @@ impl Stack {
         loop {
             let ci_up = reqwest::get(&health).await.is_ok_and(|r| r.status().is_success());
             let cd_up = self.service_log("cd-service").contains("consuming image-built events");
-            if ci_up && cd_up {
+            let console_up = reqwest::get(format!("{}/healthz", self.console_url)).await.is_ok_and(|r| r.status().is_success());
+            if ci_up && cd_up && console_up {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "services did not start (ci-service up: {ci_up}, cd-service up: {cd_up})\n--- ci-service.log\n{}\n--- cd-service.log\n{}",
+                    "services did not start (ci-service up: {ci_up}, cd-service up: {cd_up}, console up: {console_up})\n--- ci-service.log\n{}\n--- cd-service.log\n{}\n--- console.log\n{}",
                     self.service_log("ci-service"),
-                    self.service_log("cd-service")
+                    self.service_log("cd-service"),
+                    self.service_log("console")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -240,7 +283,7 @@ impl Stack {
         }
     }
 
-    /// `ci-service` or `cd-service`.
+    /// `ci-service`, `cd-service` or `console`.
     pub fn service_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }

@@ -3,6 +3,7 @@
 //! real git repositories with the git CLI. Everything listens on 127.0.0.1 on free ports, lives
 //! in temp dirs, and is stopped and removed on drop. Nothing here is a mock.
 
+pub mod browser;
 pub mod docker;
 pub mod git;
 pub mod https;
@@ -19,6 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use browser::TestBrowser;
 pub use docker::TestDocker;
 pub use git::{BareRepo, WorkClone};
 pub use https::TestGitHttps;
