@@ -49,7 +49,7 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let config: Value = serde_norway::from_slice(&out.stdout).expect("docker-compose prints YAML");
     let services = &config["services"];
-    for name in ["nats", "jaeger", "registry", "ci-service", "cd-service"] {
+    for name in ["nats", "jaeger", "registry", "ci-service", "cd-service", "console"] {
         assert!(services[name].is_mapping(), "service {name} in:\n{}", String::from_utf8_lossy(&out.stdout));
         assert!(services[name]["healthcheck"]["test"].is_sequence(), "{name} has a health check");
     }
@@ -80,6 +80,13 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
     }
     assert_eq!(cd["environment"]["CONVEYOR_CI_PUBLIC_KEYS"].as_str(), Some("/run/secrets/ci_public_key"));
     assert_eq!(cd["environment"]["CONVEYOR_API_TOKEN"].as_str(), Some("api-token"));
+    // The console reads ci-service on the host network (where ci-service listens) and ships in
+    // cd-service's image.
+    let console = &services["console"];
+    assert_eq!(console["image"], services["cd-service"]["image"]);
+    assert_eq!(console["environment"]["CONVEYOR_CI_URL"].as_str(), Some("http://127.0.0.1:8080"));
+    assert_eq!(console["environment"]["CONVEYOR_CD_URL"].as_str(), Some("http://127.0.0.1:8090"));
+    assert_eq!(console["network_mode"].as_str(), Some("host"));
     for svc in ["ci-service", "cd-service"] {
         let dockerfile = services[svc]["build"]["dockerfile"].as_str().unwrap();
         assert!(repo_root().join(dockerfile).is_file() || Path::new(dockerfile).is_file(), "{dockerfile}");
@@ -209,6 +216,7 @@ async fn the_service_images_build_here_run_as_non_root_and_serve() {
     cd_args.push(&cd.0);
     let cd_box = Container::run(&cd_args);
     cd_box.wait_healthy(&format!("cd-service|http://127.0.0.1:{port}/readyz")).await;
+    let cd_port = port;
     // The image conveyor.yaml names for the app; a build of it lands in staging.
     let repository = "127.0.0.1:5000/flask-app".to_string();
     let now = time::OffsetDateTime::now_utc();
@@ -234,6 +242,35 @@ async fn the_service_images_build_here_run_as_non_root_and_serve() {
     };
     let seq = nats.publish_event(&event).await;
     nats.wait_consumer_done(conveyor_proto::EVENTS_STREAM, "cd-service", seq, Duration::from_secs(30)).await;
+    // The console from cd-service's image, in front of both (ci-service starts below): its
+    // page, and cd-service's matrix through it with the tag the image-run cd-service committed.
+    let ci_port = free_port();
+    let console_port = free_port();
+    let listen = format!("CONVEYOR_CONSOLE_LISTEN=127.0.0.1:{console_port}");
+    let (ci_url, cd_url) = (format!("CONVEYOR_CI_URL=http://127.0.0.1:{ci_port}"), format!("CONVEYOR_CD_URL=http://127.0.0.1:{cd_port}"));
+    let console_box = Container::run(&[
+        "--network",
+        "host",
+        "--no-healthcheck",
+        "--read-only",
+        "--entrypoint",
+        "/usr/local/bin/conveyor-console",
+        "-e",
+        &listen,
+        "-e",
+        &ci_url,
+        "-e",
+        &cd_url,
+        &cd.0,
+    ]);
+    console_box.wait_healthy(&format!("cd-service|http://127.0.0.1:{console_port}/healthz")).await;
+    let page = reqwest::get(format!("http://127.0.0.1:{console_port}/")).await.unwrap();
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
+    assert!(page.text().await.unwrap().contains("<title>Conveyor</title>"));
+    let envs: Vec<conveyor_api::cd::EnvironmentStatus> =
+        reqwest::get(format!("http://127.0.0.1:{console_port}/api/cd/environments")).await.unwrap().json().await.unwrap();
+    let staging = envs.iter().find(|e| e.app == "flask-app" && e.environment == "staging").expect("flask-app/staging");
+    assert_eq!(staging.current.as_ref().map(|d| d.tag.as_str()), Some("from-image-test"), "{}", console_box.logs());
     conveyor_testkit::run(Command::new("chown").args(["-R", "0:0"]).arg(&bare.path));
     assert!(
         bare.show("main", conveyor_e2e::STAGING).contains("newTag: from-image-test"),
@@ -246,7 +283,7 @@ async fn the_service_images_build_here_run_as_non_root_and_serve() {
     let ci = Image::build("ci-service");
     assert_eq!(ci.inspect("{{.Config.User}}"), "10001:10001", "non-root");
     let socket_gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata("/var/run/docker.sock").unwrap()).to_string();
-    let port = free_port();
+    let port = ci_port;
     let ci_env = env(nats.ci_env());
     let listen = format!("CONVEYOR_LISTEN=127.0.0.1:{port}");
     let mut ci_args: Vec<&str> = vec!["--network", "host", "-v", "/var/run/docker.sock:/var/run/docker.sock", "-v", &keys_mount];
@@ -256,5 +293,9 @@ async fn the_service_images_build_here_run_as_non_root_and_serve() {
     let ci_box = Container::run(&ci_args);
     ci_box.wait_healthy(&format!("ci-service|http://127.0.0.1:{port}/readyz")).await;
     let builds: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/builds")).await.unwrap().json().await.unwrap();
+    assert!(builds.is_array(), "{builds}");
+
+    let builds: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{console_port}/api/ci/builds")).await.unwrap().json().await.unwrap();
     assert!(builds.is_array(), "{builds}");
 }
