@@ -1,6 +1,7 @@
 //! `dev/demo`: runs the whole loop once on the example Flask app and prints what happened —
 //! a green push that ends in a manifest commit to the staging overlay, a promotion of that image
-//! to production, then a push whose tests fail and deploys nothing.
+//! to production, then a push whose tests fail and deploys nothing. With `--keep` the stack
+//! stays up afterwards (until Ctrl-C), to look around in the web console whose URL it prints.
 
 use std::time::{Duration, Instant};
 
@@ -12,12 +13,18 @@ const BUILD_LIMIT: Duration = Duration::from_secs(600);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let keep = std::env::args().skip(1).any(|a| a == "--keep");
+    if let Some(other) = std::env::args().skip(1).find(|a| a != "--keep") {
+        anyhow::bail!("unknown argument {other:?}: the demo takes only --keep (stay up afterwards, for the console)");
+    }
     let t0 = Instant::now();
     say("Starting NATS JetStream, a registry, ci-service and cd-service on 127.0.0.1 ...");
     let stack = Stack::start().await?;
     println!("  NATS          {}", stack.nats.url);
     println!("  registry      {}", stack.registry.addr);
     println!("  ci-service    {}", stack.ci_url);
+    println!("  cd-service    {}", stack.cd_url);
+    println!("  console       {}/  (API token for its actions: {})", stack.console_url, stack.api_token);
     println!("  app repo      {}  (post-receive hook -> ci-service)", stack.app_repo.url());
     println!("  manifest repo {}  (cd-service commits here)", stack.manifest_repo.url());
     println!("  security      on: NATS users conveyor-ci / conveyor-cd with their own permissions (anonymous clients refused),");
@@ -97,6 +104,15 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64(),
         event.image.reference()
     ));
+    if keep {
+        say(&format!("Still up (--keep): open {}/ in a browser; Ctrl-C stops and removes everything.", stack.console_url));
+        println!("  API token for the console's actions: {}", stack.api_token);
+        println!("  push more: git -C {} commit --allow-empty -m again && git -C {} push", stack.dev.path.display(), stack.dev.path.display());
+        tokio::signal::ctrl_c().await?;
+        println!("stopping ...");
+    } else {
+        println!("  (dev/demo --keep leaves the stack up afterwards, with the web console at its URL)");
+    }
     Ok(())
 }
 
