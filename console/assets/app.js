@@ -5,6 +5,9 @@
 'use strict';
 
 const TOKEN_KEY = 'conveyor.apiToken';
+const NAME_KEY = 'conveyor.name';
+// Who the deploy commits say asked: the name typed with the token, or `console`.
+const requester = () => sessionStorage.getItem(NAME_KEY) || 'console';
 const state = { config: { jaeger_url: 'http://localhost:16686' }, timer: null, logAbort: null, view: 0, render: () => {} };
 
 // --- small helpers -------------------------------------------------------------------------
@@ -115,6 +118,7 @@ function renderToken() {
   const set = !!token();
   $('token-form').hidden = set;
   $('token-set').hidden = !set;
+  $('token-status').textContent = set ? `API token set for this session, acting as ${requester()}` : '';
 }
 
 function setupToken() {
@@ -124,6 +128,8 @@ function setupToken() {
     $('token-input').value = '';
     if (!v) { showAlert('The API token is empty.'); return; }
     sessionStorage.setItem(TOKEN_KEY, v);
+    const name = $('name-input').value.trim();
+    if (name) sessionStorage.setItem(NAME_KEY, name); else sessionStorage.removeItem(NAME_KEY);
     showAlert('');
     renderToken();
     $('token-forget').focus();
@@ -164,11 +170,11 @@ async function replayAction(title, request, opener) {
   showAlert('');
   showNotice();
   try {
-    const plan = await api('/api/cd/replay', { method: 'POST', auth: true, body: { ...request, requested_by: 'console', dry_run: true } });
+    const plan = await api('/api/cd/replay', { method: 'POST', auth: true, body: { ...request, requested_by: requester(), dry_run: true } });
     const summary = `${plan.kind} of ${plan.app}: ${plan.image} into ${plan.environment} (the image of stream event ${plan.of_sequence}).`;
     const ok = await confirmDiff(title, summary, plan.diff);
     if (!ok) { if (opener) opener.focus(); return; }
-    const done = await api('/api/cd/replay', { method: 'POST', auth: true, body: { ...request, requested_by: 'console', dry_run: false } });
+    const done = await api('/api/cd/replay', { method: 'POST', auth: true, body: { ...request, requested_by: requester(), dry_run: false } });
     showNotice(`Queued: ${done.kind} of ${done.image} into ${done.environment} (event ${done.sequence}). `, traceLink(done.trace_id));
     refresh();
   } catch (e) {

@@ -107,7 +107,11 @@ async fn main() -> anyhow::Result<()> {
     if keep {
         say(&format!("Still up (--keep): open {}/ in a browser; Ctrl-C stops and removes everything.", stack.console_url));
         println!("  API token for the console's actions: {}", stack.api_token);
-        println!("  push more: git -C {} commit --allow-empty -m again && git -C {} push", stack.dev.path.display(), stack.dev.path.display());
+        println!(
+            "  push more: git -C {} commit --allow-empty -m again && git -C {} push",
+            stack.dev.path.display(),
+            stack.dev.path.display()
+        );
         tokio::signal::ctrl_c().await?;
         println!("stopping ...");
     } else {

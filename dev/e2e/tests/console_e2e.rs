@@ -96,6 +96,7 @@ async fn a_push_shows_live_and_is_promoted_and_rolled_back_through_the_console()
 
     // The token, typed once; it is never in the URL.
     c.find(Locator::Css("#token-input")).await.unwrap().send_keys(&stack.api_token).await.unwrap();
+    c.find(Locator::Css("#name-input")).await.unwrap().send_keys("alice").await.unwrap();
     click(c, "#token-save").await;
     wait_js(c, "the token to be set", Duration::from_secs(5), "return !document.getElementById('token-set').hidden", vec![]).await;
     assert!(!c.current_url().await.unwrap().as_str().contains(&stack.api_token));
@@ -191,7 +192,7 @@ async fn a_push_shows_live_and_is_promoted_and_rolled_back_through_the_console()
     assert_ne!(head, before);
     assert!(unquote_tag(&stack.manifest_repo.show("main", PRODUCTION), &tag1).contains(&format!("newTag: {tag1}")));
     let message = stack.manifest_repo.message(&head);
-    assert!(message.contains("Conveyor-Promotion: ") && message.contains(" by console"), "{message}");
+    assert!(message.contains("Conveyor-Promotion: ") && message.contains(" by alice"), "{message}");
 
     // Push 2 reaches staging; a rollback through the page takes staging back to push 1.
     let (commit2, _) = stack.push_change("README.md", |t| format!("{t}\nA second version.\n"), "flask-app: second version");
@@ -222,7 +223,7 @@ async fn a_push_shows_live_and_is_promoted_and_rolled_back_through_the_console()
     )
     .await;
     let history = c.find(Locator::Css("#history")).await.unwrap().text().await.unwrap();
-    assert!(history.contains("rollback by console") && history.contains(&tag2), "{history}");
+    assert!(history.contains("rollback by alice") && history.contains(&tag2), "{history}");
     shot(&browser, &stack, "history").await;
 
     // Every control has a name a screen reader reads.
