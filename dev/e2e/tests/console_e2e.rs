@@ -4,7 +4,8 @@
 //! shows the new tag; a promotion to production and a rollback are made through the page,
 //! each after its diff was shown and confirmed, and land as manifest commits; keyboard use,
 //! labels and a phone-width screen work; an action with a wrong token is refused with the
-//! API's message and changes nothing. Screenshots go to the test's temp dir (and to
+//! API's message and changes nothing; a build is cancelled, and a failed push retried, from its
+//! page. Screenshots go to the test's temp dir (and to
 //! `$CONVEYOR_SCREENSHOTS_DIR`, which is how `docs/console-*.png` are made).
 
 use std::time::{Duration, Instant};
@@ -298,5 +299,92 @@ async fn a_push_shows_live_and_is_promoted_and_rolled_back_through_the_console()
     wait_js(c, "two builds listed", Duration::from_secs(20), "return document.querySelectorAll('#builds-body tr').length >= 2", vec![])
         .await;
     shot(&browser, &stack, "builds").await;
+    browser.close().await;
+}
+
+/// The build page's own actions: *Cancel build* on a running build, and *Retry push* on a
+/// build whose registry push failed (the registry was down), which then succeeds without
+/// rebuilding.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_is_cancelled_and_a_failed_push_retried_from_its_page() {
+    let mut stack = Stack::start_with(&[("CONVEYOR_STEP_ATTEMPTS", "1".to_string())]).await.expect("the stack starts");
+    let browser = TestBrowser::start(1280, 1000).await;
+    let c = &browser.client;
+    c.goto(&format!("{}/#/builds", stack.console_url)).await.unwrap();
+    c.find(Locator::Css("#token-input")).await.unwrap().send_keys(&stack.api_token).await.unwrap();
+    click(c, "#token-save").await;
+
+    // A build whose tests take a minute: cancelled from its page while they run.
+    copy_tree(&repo_root().join("examples/flask-app"), &stack.dev.path);
+    let pipeline = std::fs::read_to_string(stack.dev.path.join(".conveyor.yml")).unwrap();
+    let test_line = pipeline.lines().find(|l| l.starts_with("test:")).unwrap().to_string();
+    stack.dev.write(".conveyor.yml", &pipeline.replace(&test_line, "test: sleep 60"));
+    let slow = stack.dev.commit_all("flask-app: slow tests");
+    stack.dev.push();
+    let id = wait_js(
+        c,
+        "the slow build on the builds page",
+        Duration::from_secs(60),
+        "const r = [...document.querySelectorAll('#builds-body tr')].find(r => r.textContent.includes(arguments[0])); return r ? r.dataset.buildId : null",
+        vec![json!(&slow[..12])],
+    )
+    .await;
+    let id = id.as_str().unwrap().to_string();
+    c.goto(&format!("{}/#/builds/{id}", stack.console_url)).await.unwrap();
+    wait_js(
+        c,
+        "the test step running",
+        Duration::from_secs(120),
+        "return !!document.querySelector('#build-steps tr[data-step=\"test\"] [data-state=\"running\"]')",
+        vec![],
+    )
+    .await;
+    click(c, "#cancel-build").await;
+    wait_js(
+        c,
+        "the page to show it cancelled",
+        Duration::from_secs(60),
+        "const s = document.querySelector('#build-fields [data-state]'); return s && s.dataset.state === 'cancelled'",
+        vec![],
+    )
+    .await;
+    let build: Value = reqwest::get(format!("{}/builds/{id}", stack.ci_url)).await.unwrap().json().await.unwrap();
+    assert_eq!(build["state"], "cancelled", "{build}");
+    let reason = c.find(Locator::Css("#build-reason")).await.unwrap().text().await.unwrap();
+    assert!(reason.contains("cancelled"), "{reason}");
+    assert!(c.find(Locator::Css("#cancel-build")).await.is_err(), "no cancel button on an ended build");
+
+    // The registry is down: the push fails, the page offers the retry, and it succeeds.
+    stack.registry.stop();
+    stack.dev.write(".conveyor.yml", &pipeline);
+    let commit = stack.dev.commit_all("flask-app: tests back");
+    stack.dev.push();
+    let id = wait_js(
+        c,
+        "the next build listed",
+        Duration::from_secs(60),
+        "return fetch('/api/ci/builds').then(r => r.json()).then(bs => { const b = bs.find(b => b.commit === arguments[0]); return b ? String(b.id) : null })",
+        vec![json!(commit)],
+    )
+    .await;
+    let id = id.as_str().unwrap().to_string();
+    c.goto(&format!("{}/#/builds/{id}", stack.console_url)).await.unwrap();
+    wait_js(c, "the retry button", Duration::from_secs(300), "return !!document.getElementById('retry-build')", vec![]).await;
+    let reason = c.find(Locator::Css("#build-reason")).await.unwrap().text().await.unwrap();
+    assert!(reason.starts_with("push:"), "{reason}");
+    stack.registry.restart().await;
+    click(c, "#retry-build").await;
+    wait_js(
+        c,
+        "the page to show the retried build succeeded",
+        Duration::from_secs(120),
+        "const s = document.querySelector('#build-fields [data-state]'); return s && s.dataset.state === 'succeeded'",
+        vec![],
+    )
+    .await;
+    let build: Value = reqwest::get(format!("{}/builds/{id}", stack.ci_url)).await.unwrap().json().await.unwrap();
+    let steps: Vec<&str> = build["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["checkout", "build", "test", "smoke", "push", "push", "publish"], "nothing rebuilt: {build}");
+    assert!(stack.registry.manifest_digest(APP, &commit[..12]).await.is_some());
     browser.close().await;
 }
