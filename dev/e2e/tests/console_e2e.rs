@@ -82,6 +82,18 @@ async fn open_confirmation(c: &Client, env: &str, action: &str) -> String {
     c.find(Locator::Css("#confirm-diff")).await.unwrap().text().await.unwrap()
 }
 
+/// Waits until the build page shows the build in `state`.
+async fn wait_build_state(c: &Client, state: &str, limit: Duration) {
+    wait_js(
+        c,
+        &format!("the build page to show the build {state}"),
+        limit,
+        "const s = document.querySelector('#build-fields [data-state]'); return s && s.dataset.state === arguments[0]",
+        vec![json!(state)],
+    )
+    .await;
+}
+
 /// The lines of `text` that are not empty, without `\r`.
 fn lines(text: &str) -> Vec<String> {
     text.replace('\r', "").lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
@@ -152,14 +164,7 @@ async fn a_push_shows_live_and_is_promoted_and_rolled_back_through_the_console()
     assert!(seen_live, "log lines were on the page while the build was still running");
     let build = api_build(id.clone()).await;
     assert_eq!(build["state"], "succeeded", "{build}");
-    wait_js(
-        c,
-        "the page to show the build succeeded",
-        Duration::from_secs(10),
-        "const s = document.querySelector('#build-fields [data-state]'); return s && s.dataset.state === 'succeeded'",
-        vec![],
-    )
-    .await;
+    wait_build_state(c, "succeeded", Duration::from_secs(10)).await;
     let page_log = c.find(Locator::Css("#build-log")).await.unwrap().text().await.unwrap();
     let api_log = reqwest::get(format!("{}/builds/{id}/logs", stack.ci_url)).await.unwrap().text().await.unwrap();
     assert!(lines(&api_log).contains(&MARKER.to_string()), "the API's log has the test's last line:\n{api_log}");
@@ -340,14 +345,7 @@ async fn a_build_is_cancelled_and_a_failed_push_retried_from_its_page() {
     )
     .await;
     click(c, "#cancel-build").await;
-    wait_js(
-        c,
-        "the page to show it cancelled",
-        Duration::from_secs(60),
-        "const s = document.querySelector('#build-fields [data-state]'); return s && s.dataset.state === 'cancelled'",
-        vec![],
-    )
-    .await;
+    wait_build_state(c, "cancelled", Duration::from_secs(60)).await;
     let build: Value = reqwest::get(format!("{}/builds/{id}", stack.ci_url)).await.unwrap().json().await.unwrap();
     assert_eq!(build["state"], "cancelled", "{build}");
     let reason = c.find(Locator::Css("#build-reason")).await.unwrap().text().await.unwrap();
@@ -374,14 +372,7 @@ async fn a_build_is_cancelled_and_a_failed_push_retried_from_its_page() {
     assert!(reason.starts_with("push:"), "{reason}");
     stack.registry.restart().await;
     click(c, "#retry-build").await;
-    wait_js(
-        c,
-        "the page to show the retried build succeeded",
-        Duration::from_secs(120),
-        "const s = document.querySelector('#build-fields [data-state]'); return s && s.dataset.state === 'succeeded'",
-        vec![],
-    )
-    .await;
+    wait_build_state(c, "succeeded", Duration::from_secs(120)).await;
     let build: Value = reqwest::get(format!("{}/builds/{id}", stack.ci_url)).await.unwrap().json().await.unwrap();
     let steps: Vec<&str> = build["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(steps, ["checkout", "build", "test", "smoke", "push", "push", "publish"], "nothing rebuilt: {build}");
