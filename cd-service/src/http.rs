@@ -48,7 +48,13 @@ pub struct HttpState {
     pub consumer: jetstream::consumer::PullConsumer,
     /// False once the consume loop has stopped.
     pub consuming: Arc<AtomicBool>,
+    /// When `GET /environments` last fetched the manifest repository.
+    pub last_read_sync: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// `GET /environments` fetches at most this often, however many consoles poll it: each fetch
+/// holds the repository the consumer deploys through.
+const READ_SYNC_EVERY: Duration = Duration::from_secs(2);
 
 pub fn router(state: Arc<HttpState>) -> Router {
     let actions = Router::new()
@@ -178,10 +184,21 @@ async fn history_handler(State(state): State<Arc<HttpState>>, Query(q): Query<Hi
 }
 
 /// `GET /environments`: every environment of every app in `conveyor.yaml` (without one, every
-/// app Conveyor deployed, in `default`), with its policy, its pin and the newest deployment.
+/// app Conveyor deployed, in `default`), with its policy, its pin and the newest deployment, as
+/// of a fetch at most [`READ_SYNC_EVERY`] old.
 async fn environments_handler(State(state): State<Arc<HttpState>>) -> Result<Response, ApiError> {
     let repo = state.repo.lock().await;
-    tokio::task::block_in_place(|| repo.sync()).map_err(|e| ApiError::new(503, "repo_unavailable", e.to_string()))?;
+    let due = {
+        let mut last = state.last_read_sync.lock().expect("never held across a panic");
+        let due = last.is_none_or(|t| t.elapsed() >= READ_SYNC_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    };
+    if due {
+        tokio::task::block_in_place(|| repo.sync()).map_err(|e| ApiError::new(503, "repo_unavailable", e.to_string()))?;
+    }
     let config = manifest_config::load(repo.work_tree()).map_err(|e| ApiError::new(409, "invalid_manifest_config", e))?;
     let current = |app: &str, env: &str| repo.deployments(app, Some(env), 1).into_iter().next();
     let list: Vec<EnvironmentStatus> = match config {

@@ -137,6 +137,7 @@ impl Service {
             metrics: self.consumer.metrics(),
             consumer: self.consumer.handle(),
             consuming: consuming.clone(),
+            last_read_sync: std::sync::Mutex::new(None),
         });
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = conveyor_http::serve(self.listener, http::router(state), async {
