@@ -285,16 +285,20 @@ async fn ssh_failures_name_their_cause() {
         ManifestRepo::open_or_clone(cfg).err()
     };
     let err = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &sshd.wrong_known_hosts()));
-    assert!(matches!(err, Some(GitOpsError::HostKeyMismatch { .. })), "{err:?}");
+    assert!(matches!(err, Some(GitOpsError::Transport(conveyor_git::TransportError::HostKeyMismatch { .. }))), "{err:?}");
     assert!(err.unwrap().to_string().contains("does not match"));
 
     let empty = dir.path().join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
     let err = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &empty));
-    assert!(matches!(err, Some(GitOpsError::UnknownHost { .. })), "{err:?}");
+    assert!(matches!(err, Some(GitOpsError::Transport(conveyor_git::TransportError::UnknownHost { .. }))), "{err:?}");
 
     let err = tokio::task::block_in_place(|| open(&sshd.unauthorized_key(), &sshd.known_hosts()));
-    assert!(matches!(err, Some(GitOpsError::KeyRejected { .. })), "{err:?}\nsshd log:\n{}", sshd.log());
+    assert!(
+        matches!(err, Some(GitOpsError::Transport(conveyor_git::TransportError::KeyRejected { .. }))),
+        "{err:?}\nsshd log:\n{}",
+        sshd.log()
+    );
 
     let ok = tokio::task::block_in_place(|| open(&sshd.deploy_key(), &sshd.known_hosts()));
     assert!(ok.is_none(), "the right key and host key work: {ok:?}");

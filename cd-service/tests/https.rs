@@ -40,12 +40,12 @@ async fn pushes_over_https_with_a_token_and_names_a_refused_or_missing_token() {
 
     let work = tempfile::tempdir().unwrap();
     let err = tokio::task::block_in_place(|| ManifestRepo::open_or_clone(repo_config(&url, Some("wrong"), work.path())).err());
-    assert!(matches!(err, Some(GitOpsError::TokenRejected { .. })), "{err:?}\n{}", server.log());
+    assert!(matches!(err, Some(GitOpsError::Transport(conveyor_git::TransportError::TokenRejected { .. }))), "{err:?}\n{}", server.log());
     assert!(err.unwrap().to_string().contains("refused the token"));
 
     let work = tempfile::tempdir().unwrap();
     let err = tokio::task::block_in_place(|| ManifestRepo::open_or_clone(repo_config(&url, None, work.path())).err());
-    assert!(matches!(err, Some(GitOpsError::NoToken { .. })), "{err:?}");
+    assert!(matches!(err, Some(GitOpsError::Transport(conveyor_git::TransportError::NoToken { .. }))), "{err:?}");
 
     let work = tempfile::tempdir().unwrap();
     let outcome = tokio::task::block_in_place(|| {

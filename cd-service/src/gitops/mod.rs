@@ -31,16 +31,8 @@ pub enum GitOpsError {
     Fetch { url: String, branch: String, source: git2::Error },
     #[error("branch {branch:?} does not exist in {url}")]
     NoBranch { url: String, branch: String },
-    #[error("ssh host key of {host} does not match the known_hosts entry ({known_hosts}): refusing to connect")]
-    HostKeyMismatch { host: String, known_hosts: String },
-    #[error("ssh host {host} is not in known_hosts ({known_hosts}): add it (ssh-keyscan) before pushing")]
-    UnknownHost { host: String, known_hosts: String },
-    #[error("the server refused the deploy key {key} for {url} (is it added as a deploy key with write access?)")]
-    KeyRejected { key: String, url: String },
-    #[error("the server refused the token for {url} (expired, revoked, or without write access to the repository?)")]
-    TokenRejected { url: String },
-    #[error("{url} asks for a user name and password and no token is configured (--git-token)")]
-    NoToken { url: String },
+    #[error(transparent)]
+    Transport(#[from] conveyor_git::TransportError),
     #[error("push of {branch} to {url} was rejected by the server: {reason}")]
     PushRejected { url: String, branch: String, reason: String },
     #[error("push of {branch} to {url} failed {attempts} times because the branch kept moving; giving up for now")]
@@ -62,28 +54,17 @@ mod plan;
 mod trailers;
 mod transport;
 
+use conveyor_git::{callbacks, Seen};
 use index::DeployIndex;
 use plan::Plan;
-use transport::{callbacks, classify, local_remote_path, remove_stale_locks, remove_stale_remote_locks, Seen};
+use transport::{local_remote_path, remove_stale_locks, remove_stale_remote_locks};
 
-/// How to reach the remote.
-#[derive(Debug, Clone, Default)]
-pub struct GitAuth {
-    /// Private key for ssh remotes (a deploy key).
-    pub ssh_key: Option<PathBuf>,
-    /// known_hosts file the ssh host key is checked against (default `~/.ssh/known_hosts`).
-    pub known_hosts: Option<PathBuf>,
-    /// Token for https remotes, sent as the password of HTTP basic auth.
-    pub token: Option<Secret>,
-    /// User name sent with the token (`x-access-token` suits GitHub; GitLab takes any name).
-    pub token_user: String,
-}
+pub use conveyor_git::GitAuth;
 
 /// Makes TLS verification (https remotes) use this CA bundle instead of the system's. Process-
 /// wide: call once at start-up, before any git operation runs.
 pub fn set_ca_file(path: &Path) -> Result<(), GitOpsError> {
-    // SAFETY: libgit2's global options are set before any thread uses libgit2 (start-up only).
-    unsafe { git2::opts::set_ssl_cert_file(path) }.map_err(GitOpsError::Git)
+    conveyor_git::set_ca_file(path).map_err(GitOpsError::Git)
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +121,14 @@ impl ManifestRepo {
         Ok(this)
     }
 
+    /// The transport's cause of a failed fetch or push (host key, key, token), else `otherwise`.
+    fn classify(&self, seen: &Seen, e: git2::Error, otherwise: impl FnOnce(git2::Error) -> GitOpsError) -> GitOpsError {
+        match conveyor_git::classify(&self.cfg.url, &self.cfg.auth, seen, &e) {
+            Some(t) => GitOpsError::Transport(t),
+            None => otherwise(e),
+        }
+    }
+
     pub fn work_tree(&self) -> &Path {
         &self.cfg.clone_dir
     }
@@ -154,15 +143,11 @@ impl ManifestRepo {
         let refspec = format!("+refs/heads/{0}:refs/remotes/origin/{0}", self.cfg.branch);
         let seen = Seen::default();
         let mut opts = FetchOptions::new();
-        opts.remote_callbacks(callbacks(&self.cfg, &seen));
+        opts.remote_callbacks(callbacks(&self.cfg.url, &self.cfg.auth, &seen));
         opts.download_tags(git2::AutotagOption::None);
         opts.prune(git2::FetchPrune::On);
         remote.fetch(&[refspec.as_str()], Some(&mut opts), None).map_err(|source| {
-            classify(&self.cfg, &seen, source, |source| GitOpsError::Fetch {
-                url: self.cfg.url.clone(),
-                branch: self.cfg.branch.clone(),
-                source,
-            })
+            self.classify(&seen, source, |source| GitOpsError::Fetch { url: self.cfg.url.clone(), branch: self.cfg.branch.clone(), source })
         })?;
         let oid = self
             .repo
@@ -381,7 +366,7 @@ impl ManifestRepo {
         let mut remote = self.repo.find_remote("origin").map_err(|e| PushFailure::Fatal(e.into()))?;
         let rejection: std::cell::RefCell<Option<String>> = Default::default();
         let seen = Seen::default();
-        let mut cbs = callbacks(&self.cfg, &seen);
+        let mut cbs = callbacks(&self.cfg.url, &self.cfg.auth, &seen);
         cbs.push_update_reference(|_refname, status| {
             if let Some(msg) = status {
                 *rejection.borrow_mut() = Some(msg.to_string());
@@ -394,7 +379,7 @@ impl ManifestRepo {
         drop(opts);
         match result {
             Err(e) if e.code() == ErrorCode::NotFastForward => Err(PushFailure::Moved(e.message().to_string())),
-            Err(e) => Err(PushFailure::Fatal(classify(&self.cfg, &seen, e, GitOpsError::Git))),
+            Err(e) => Err(PushFailure::Fatal(self.classify(&seen, e, GitOpsError::Git))),
             Ok(()) => match rejection.into_inner() {
                 None => Ok(()),
                 // The server refused the update: a concurrent push moved the branch (fetch first,
