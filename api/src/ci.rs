@@ -18,12 +18,45 @@ pub enum Source {
     Manual,
 }
 
-/// Whether a branch or a tag was pushed.
+/// Whether a branch or a tag was pushed, or a pull (merge) request's head changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum RefKind {
     Branch,
     Tag,
+    /// A pull or merge request: built, tested and smoke-tested, never pushed or published.
+    PullRequest,
+}
+
+/// The repository on its forge, as the (authenticated) webhook named it: where the build's
+/// commit status is reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgeRepo {
+    /// The forge's host (and port), from the repository's web URL: it picks the forge entry of
+    /// the secrets file (API URL, token).
+    pub host: String,
+    /// `owner/name` (GitLab: `group/sub/project`).
+    pub path: String,
+    /// GitLab's numeric project id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<u64>,
+}
+
+/// A pull (merge) request build: which request, from where, into what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The request's number on its forge (GitHub/Gitea `number`, GitLab `iid`).
+    pub number: u64,
+    /// The branch the request brings (in the head repository).
+    pub head_ref: String,
+    /// The branch it would merge into.
+    pub base_ref: String,
+    /// The head is in another repository (a fork): the build gets none of the service's build
+    /// args; no pull-request build ever gets registry credentials.
+    pub from_fork: bool,
+    /// The head repository, when the forge names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_repo: Option<String>,
 }
 
 /// A push that should be built: one commit of one repository.
@@ -33,14 +66,19 @@ pub struct PushRequest {
     pub app: String,
     /// Where the commit is fetched from (URL or local path).
     pub repo_url: String,
-    /// The full ref that was pushed, e.g. `refs/heads/main` or `refs/tags/v1.2.0`.
+    /// The full ref that was pushed, e.g. `refs/heads/main` or `refs/tags/v1.2.0` (a pull
+    /// request's head ref, `refs/pull/7/head`, in its base repository).
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub ref_kind: RefKind,
-    /// The branch or tag name, `main`, `v1.2.0`.
+    /// The branch or tag name, `main`, `v1.2.0` (`pr-7` for a pull request).
     pub ref_name: String,
-    /// Full commit id.
+    /// Full commit id. A push of an annotated tag names the tag object; the build peels it and
+    /// records the commit here (the object is then in `tag_object`).
     pub commit: String,
+    /// The annotated tag object the push named, once peeled to `commit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_object: Option<String>,
     pub source: Source,
     /// The sender's delivery id (`X-GitHub-Delivery`, ...), when it sends one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +87,12 @@ pub struct PushRequest {
     /// and the images the build may push are granted to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authenticated_repo: Option<String>,
+    /// The repository on its forge, for commit statuses (forge webhooks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<ForgeRepo>,
+    /// Set for a pull (merge) request build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequest>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,6 +83,37 @@ pub struct Config {
     #[arg(long = "build-arg", env = "CONVEYOR_BUILD_ARGS", value_delimiter = ',', value_parser = parse_build_arg)]
     pub build_args: Vec<(String, String)>,
 
+    /// Service build args a pull request from a fork still gets, by name (e.g. `BASE_IMAGE`);
+    /// it gets none of the others.
+    #[arg(long = "fork-build-arg", env = "CONVEYOR_FORK_BUILD_ARGS", value_delimiter = ',')]
+    pub fork_build_args: Vec<String>,
+
+    /// CA bundle (PEM) for fetching app repositories over https, instead of the system's.
+    #[arg(long, env = "CONVEYOR_GIT_CA_FILE")]
+    pub git_ca_file: Option<PathBuf>,
+
+    /// Where users open a build: the console's address (`<url>/#/builds/<id>` is the commit
+    /// status's link). Without it the link is the API's `<--public-url>/builds/<id>`.
+    #[arg(long, env = "CONVEYOR_CONSOLE_URL")]
+    pub console_url: Option<String>,
+
+    /// ci-service's API as users reach it (default `http://<--listen>`).
+    #[arg(long, env = "CONVEYOR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// The commit status's context (name) for branch and tag builds; pull requests get `<context>/pr`.
+    #[arg(long, env = "CONVEYOR_STATUS_CONTEXT", default_value = "conveyor/build")]
+    pub status_context: String,
+
+    /// Tries for one commit status (1 s, 2 s, 4 s... apart) before it is given up and counted.
+    #[arg(long, env = "CONVEYOR_STATUS_ATTEMPTS", default_value_t = 6)]
+    pub status_attempts: u32,
+
+    /// Pushed images kept on the local engine per app (the newest; older ones are removed once
+    /// their build ended). They serve as layer cache and for `retry`.
+    #[arg(long, env = "CONVEYOR_KEEP_IMAGES", default_value_t = 3)]
+    pub keep_images: usize,
+
     /// Builds this replica runs at the same time; 0 makes an API-only replica that only queues.
     #[arg(long, env = "CONVEYOR_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=64))]
     pub workers: u16,

@@ -144,6 +144,8 @@ async fn enqueue(state: &AppState, push: PushRequest, msg_id: &str, span: &mut R
     // takes it; until then `GET` reads the job), and running builds of the same branch notice
     // the newer job themselves.
     tracing::info!(build.id = queued.id, app = %push.app, commit = %push.commit, git_ref = %push.git_ref, trace_id = trace_id.unwrap_or("-"), "push queued");
+    let report = crate::status::Report { build_id: queued.id, phase: crate::status::Phase::Queued, push, detail: None };
+    state.statuses.report(state, report);
     let body = BuildQueued { build_id: queued.id, duplicate: false, status_url: location.clone(), trace_id: trace_id.map(String::from) };
     Ok(((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(body)).into_response(), "queued"))
 }

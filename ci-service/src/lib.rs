@@ -11,6 +11,7 @@ pub mod publish;
 pub mod queue;
 pub mod records;
 pub mod secrets;
+pub mod status;
 pub mod webhook;
 pub mod worker;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub logs: Logs,
     pub running: Running,
     pub metrics: metrics::Metrics,
+    /// Commit statuses to the forges (sent in the background).
+    pub statuses: status::Reporter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +99,7 @@ pub struct App {
     pub state: Arc<AppState>,
     consumer: Option<PullConsumer>,
     control: async_nats::Subscriber,
+    statuses: tokio::sync::mpsc::Receiver<status::Report>,
 }
 
 impl App {
@@ -121,7 +125,8 @@ impl App {
             }
             (None, None) => None,
         };
-        let masker = Masker::new(secrets.all().chain(password.iter()).chain(config.api_token.iter()));
+        let file_tokens = secrets.file_tokens();
+        let masker = Masker::new(secrets.values().chain(&file_tokens).chain(password.iter()).chain(config.api_token.iter()));
         if config.api_token.is_none() {
             tracing::warn!("no --api-token: POST /builds, cancel and retry are open to whoever reaches the API");
         }
@@ -132,6 +137,9 @@ impl App {
             ..Default::default()
         });
 
+        if let Some(ca) = &config.git_ca_file {
+            conveyor_git::set_ca_file(ca).map_err(|e| StartError::Refused(format!("cannot use the git CA file {}: {e}", ca.display())))?;
+        }
         let signer = load_signer(config.signing_key_file.as_deref())?;
         tracing::info!(key = signer.key_id(), "image-built events are signed");
 
@@ -168,6 +176,7 @@ impl App {
         };
         let (queue, records, logs, consumer, control) = opened.await.map_err(named)?;
         let replica = config.replica.clone().unwrap_or_else(default_replica_name);
+        let (statuses, status_reports) = status::Reporter::new();
         let state = Arc::new(AppState {
             config,
             replica,
@@ -181,14 +190,17 @@ impl App {
             logs,
             running: Running::default(),
             metrics: metrics::Metrics::default(),
+            statuses,
         });
-        Ok(Self { state, consumer, control })
+        Ok(Self { state, consumer, control, statuses: status_reports })
     }
 
     /// Serves HTTP on `listener` and runs builds (up to `workers` at once) until `shutdown`
     /// resolves; then stops taking pushes and jobs and waits for running builds to finish.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let App { state, consumer, control } = self;
+        let App { state, consumer, control, statuses } = self;
+        let _statuses = worker::AbortOnDrop(tokio::spawn(status::run(state.clone(), statuses)));
+        tokio::spawn(build::housekeeping::sweep_all(state.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // Owned here: if this future is dropped, its workers and their builds go with it.
         let workers = consumer.map(|c| worker::AbortOnDrop(tokio::spawn(worker::run(state.clone(), c, stopped.clone()))));

@@ -1,5 +1,6 @@
 //! What ci-service counts for Prometheus (`GET /metrics`): webhooks by outcome, builds by
-//! result, step durations, push and publish retries, builds running here, and the shared
+//! result, step durations, push and publish retries, builds running here, commit statuses by
+//! forge and result, local images removed and the engine's image disk use, and the shared
 //! queue's depth (read from JetStream when scraped). It only counts; it never decides anything.
 
 use prometheus_client::{
@@ -26,8 +27,17 @@ pub struct Retried {
     pub step: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub forge: String,
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    statuses: Family<StatusLabel, Counter>,
+    pub images_removed: Counter,
+    pub engine_image_bytes: Gauge,
     webhooks: Family<Outcome, Counter>,
     builds: Family<Result_, Counter>,
     steps: Family<Step, Histogram>,
@@ -66,6 +76,24 @@ impl Default for Metrics {
             "Push and publish attempts that failed and were retried",
             Family::<Retried, Counter>::default(),
         );
+        let statuses = register(
+            &mut registry,
+            "commit_statuses",
+            "Commit status posts to forges by forge and result (posted, retried, failed, superseded, dropped)",
+            Family::<StatusLabel, Counter>::default(),
+        );
+        let images_removed = register(
+            &mut registry,
+            "images_removed",
+            "Local images removed by housekeeping (older than the newest per app)",
+            Counter::default(),
+        );
+        let engine_image_bytes = register(
+            &mut registry,
+            "engine_image_bytes",
+            "Disk used by the Docker Engine's images (all of them, as `docker system df` counts), at the last housekeeping",
+            Gauge::default(),
+        );
         let running = register(&mut registry, "builds_running", "Builds running in this replica", Gauge::default());
         let queue_jobs =
             register(&mut registry, "queue_jobs", "Jobs in the shared build queue (queued or running, all replicas)", Gauge::default());
@@ -73,7 +101,21 @@ impl Default for Metrics {
         let queue_ack_pending = register(&mut registry, "queue_ack_pending", "Jobs taken by a worker and not finished", Gauge::default());
         let queue_redelivered =
             register(&mut registry, "queue_redelivered", "Jobs being delivered again (their worker died or timed out)", Gauge::default());
-        Self { registry, webhooks, builds, steps, retries, running, queue_jobs, queue_pending, queue_ack_pending, queue_redelivered }
+        Self {
+            registry,
+            statuses,
+            images_removed,
+            engine_image_bytes,
+            webhooks,
+            builds,
+            steps,
+            retries,
+            running,
+            queue_jobs,
+            queue_pending,
+            queue_ack_pending,
+            queue_redelivered,
+        }
     }
 }
 
@@ -93,6 +135,10 @@ impl Metrics {
 
     pub fn retried(&self, step: &str) {
         self.retries.get_or_create(&Retried { step: step.to_string() }).inc();
+    }
+
+    pub fn status(&self, forge: &str, result: &str) {
+        self.statuses.get_or_create(&StatusLabel { forge: forge.to_string(), result: result.to_string() }).inc();
     }
 
     pub fn render(&self) -> String {

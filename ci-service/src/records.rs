@@ -115,9 +115,12 @@ mod tests {
             ref_kind: RefKind::Branch,
             ref_name: "main".into(),
             commit: "a".repeat(40),
+            tag_object: None,
             source: Source::Generic,
             delivery: None,
             authenticated_repo: None,
+            forge: None,
+            pull_request: None,
         };
         BuildRecord::queued(7, &push, OffsetDateTime::now_utc(), None)
     }

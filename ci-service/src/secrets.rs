@@ -1,6 +1,8 @@
-//! Secret values of ci-service: webhook secrets (per repository, several at once for rotation)
+//! Secret values of ci-service: webhook secrets (per repository, several at once for rotation),
+//! the forges' API tokens for commit statuses, the credentials that fetch private repositories,
 //! and registry credentials. They are never printed: `Debug` is redacted, and [`Masker`] blanks
-//! them out of every build log line and API answer.
+//! them out of every build log line and API answer. A token given as a file is read each time it
+//! is used, so replacing the file rotates it without a restart.
 
 use std::{collections::HashMap, path::Path};
 
@@ -22,6 +24,25 @@ pub use conveyor_proto::Secret;
 ///
 /// An app or image that an entry names (or that its repository's name gives it) belongs to that
 /// repository: no other repository may build it, whatever secret it holds.
+///
+/// Commit statuses and private repositories:
+///
+/// ```yaml
+/// forges:                         # by the host of the repositories' web URLs
+///   github.com: { kind: github, api_url: https://api.github.com, token_file: /run/secrets/gh }
+///   gitlab.example.com: { kind: gitlab, api_url: https://gitlab.example.com/api/v4, token_file: ... }
+///   git.example.com: { kind: gitea, api_url: https://git.example.com/api/v1, token: ... }
+/// repos:
+///   team/web:
+///     secrets: [w1]
+///     status_token_file: /run/secrets/web-status   # this repository's own status token
+///     fetch:                                        # a private repository: over ssh ...
+///       ssh_key_file: /run/secrets/web-deploy-key
+///       known_hosts_file: /etc/conveyor/known_hosts
+///   team/api:
+///     secrets: [a1]
+///     fetch: { token_file: /run/secrets/api-read-token, token_user: oauth2 }   # ... or https
+/// ```
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsFile {
@@ -29,6 +50,78 @@ pub struct SecretsFile {
     pub default: Vec<Secret>,
     #[serde(default)]
     pub repos: HashMap<String, RepoEntry>,
+    #[serde(default)]
+    pub forges: HashMap<String, ForgeEntry>,
+}
+
+/// Which API a forge speaks for commit statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    Github,
+    Gitlab,
+    /// Gitea and Forgejo.
+    #[serde(alias = "forgejo")]
+    Gitea,
+}
+
+/// A forge that gets commit statuses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgeEntry {
+    pub kind: ForgeKind,
+    /// The API's base URL: `https://api.github.com` (GitHub Enterprise: `https://HOST/api/v3`),
+    /// `https://HOST/api/v4` (GitLab), `https://HOST/api/v1` (Gitea, Forgejo).
+    pub api_url: String,
+    #[serde(flatten)]
+    pub token: TokenSource,
+}
+
+/// A token, inline or in a file read at each use (replace the file to rotate it).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSource {
+    #[serde(default)]
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenSource {
+    fn is_set(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+
+    /// The token now: the file's first line, else the inline value.
+    pub fn read(&self) -> Result<Option<Secret>, String> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim();
+            if token.is_empty() {
+                return Err(format!("the token file {} is empty", path.display()));
+            }
+            return Ok(Some(Secret::new(token)));
+        }
+        Ok(self.token.clone())
+    }
+}
+
+/// How ci-service fetches a private repository: an ssh deploy key (its host key checked against
+/// a known_hosts file) or an HTTPS token.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchEntry {
+    #[serde(default)]
+    pub ssh_key_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub known_hosts_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub token: Option<Secret>,
+    #[serde(default)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// User name sent with the token (default `x-access-token`; GitLab takes any, e.g. `oauth2`).
+    #[serde(default)]
+    pub token_user: Option<String>,
 }
 
 /// One repository of the secrets file: its secrets, and what it may build.
@@ -47,6 +140,14 @@ pub struct RepoGrant {
     pub apps: Vec<String>,
     #[serde(default)]
     pub images: Vec<String>,
+    /// This repository's token for commit statuses (instead of its forge's).
+    #[serde(default)]
+    pub status_token: Option<Secret>,
+    #[serde(default)]
+    pub status_token_file: Option<std::path::PathBuf>,
+    /// Credentials that fetch this repository (a private one).
+    #[serde(default)]
+    pub fetch: Option<FetchEntry>,
 }
 
 impl RepoEntry {
@@ -68,6 +169,8 @@ pub enum SecretsError {
     Empty(String),
     #[error("invalid webhook secrets file: repository {repo}: {message}")]
     Grant { repo: String, message: String },
+    #[error("invalid webhook secrets file: forge {host}: {message}")]
+    Forge { host: String, message: String },
 }
 
 /// What a push may build: the app names and image names granted to its repository.
@@ -103,6 +206,8 @@ pub struct WebhookSecrets {
     /// Apps and images that some entry names, with the repository that owns each.
     owned_apps: HashMap<String, String>,
     owned_images: HashMap<String, String>,
+    /// Forges that get commit statuses, by host.
+    forges: HashMap<String, ForgeEntry>,
     /// Repositories without any secret may send unsigned webhooks (explicit opt-out).
     pub allow_unsigned: bool,
     /// Local paths and `file://` URLs may be fetched (`--allow-local-repos`).
@@ -132,7 +237,24 @@ impl WebhookSecrets {
                 for image in grant.images.iter().chain(if grant.images.is_empty() { grant.apps.iter() } else { [].iter() }) {
                     secrets.owned_images.insert(image.clone(), repo.clone());
                 }
+                if let Some(f) = &grant.fetch {
+                    let token = f.token.is_some() || f.token_file.is_some();
+                    if token && f.ssh_key_file.is_some() {
+                        let message = "fetch: give an ssh_key_file or a token, not both".to_string();
+                        return Err(SecretsError::Grant { repo, message });
+                    }
+                }
                 secrets.repos.insert(repo, grant);
+            }
+            for (host, forge) in file.forges {
+                let api = forge.api_url.to_ascii_lowercase();
+                if !(api.starts_with("https://") || api.starts_with("http://")) {
+                    return Err(SecretsError::Forge { host, message: format!("api_url {:?} is not an http(s) URL", forge.api_url) });
+                }
+                if !forge.token.is_set() {
+                    return Err(SecretsError::Forge { host, message: "no token or token_file".into() });
+                }
+                secrets.forges.insert(host.to_ascii_lowercase(), forge);
             }
         }
         if secrets.default.iter().chain(secrets.repos.values().flat_map(|g| &g.secrets)).any(|s| s.expose().is_empty()) {
@@ -162,9 +284,50 @@ impl WebhookSecrets {
         self.entry(names).map(|(_, g)| g.secrets.as_slice()).unwrap_or(&self.default)
     }
 
-    /// Every secret value, for the [`Masker`] (and, by index, for [`Proof`]).
+    /// Every webhook secret, for [`Proof`] (by index).
     pub fn all(&self) -> impl Iterator<Item = &Secret> {
         self.default.iter().chain(self.repos.values().flat_map(|g| &g.secrets))
+    }
+
+    /// Every inline secret value, webhook secrets and tokens, for the [`Masker`].
+    pub fn values(&self) -> impl Iterator<Item = &Secret> {
+        let tokens = self.repos.values().flat_map(|g| g.status_token.iter().chain(g.fetch.iter().flat_map(|f| f.token.iter())));
+        self.all().chain(tokens).chain(self.forges.values().flat_map(|f| f.token.token.iter()))
+    }
+
+    /// The tokens of every token file as they are now (masked in logs too, like inline values).
+    pub fn file_tokens(&self) -> Vec<Secret> {
+        let files = self.forges.values().filter_map(|f| f.token.token_file.clone()).chain(
+            self.repos.values().flat_map(|g| g.status_token_file.iter().chain(g.fetch.iter().flat_map(|f| f.token_file.iter())).cloned()),
+        );
+        files.filter_map(|path| TokenSource { token: None, token_file: Some(path) }.read().ok().flatten()).collect()
+    }
+
+    /// The forge of `host` and the token for statuses of the repository known by `names`
+    /// (its own `status_token`, else the forge's); `None` when no forge is configured there.
+    pub fn status_target(&self, host: &str, names: &[&str]) -> Option<(ForgeEntry, TokenSource)> {
+        let forge = self.forges.get(&host.to_ascii_lowercase())?.clone();
+        let own = self
+            .entry(names)
+            .map(|(_, g)| TokenSource { token: g.status_token.clone(), token_file: g.status_token_file.clone() })
+            .filter(TokenSource::is_set);
+        let token = own.unwrap_or_else(|| forge.token.clone());
+        Some((forge, token))
+    }
+
+    /// How to fetch the repository known by `names`: its `fetch` entry (tokens read now), else
+    /// no credentials and `~/.ssh/known_hosts`.
+    pub fn fetch_auth(&self, names: &[&str]) -> Result<conveyor_git::GitAuth, String> {
+        let Some(f) = self.entry(names).and_then(|(_, g)| g.fetch.as_ref()) else {
+            return Ok(conveyor_git::GitAuth { token_user: "x-access-token".into(), ..Default::default() });
+        };
+        let token = TokenSource { token: f.token.clone(), token_file: f.token_file.clone() }.read()?;
+        Ok(conveyor_git::GitAuth {
+            ssh_key: f.ssh_key_file.clone(),
+            known_hosts: f.known_hosts_file.clone(),
+            token,
+            token_user: f.token_user.clone().unwrap_or_else(|| "x-access-token".into()),
+        })
     }
 
     /// Checks a credential against every configured secret, before anything of the payload is

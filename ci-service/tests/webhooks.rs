@@ -392,3 +392,135 @@ async fn local_repositories_are_fetched_only_when_allowed() {
     let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-conveyor-signature-256", &sign(&body))]), body).await;
     assert_eq!(status, 202, "{answer}");
 }
+
+/// Pull and merge requests of every forge, in their documented payload shapes: the head is
+/// queued as a pull-request build (the head ref in the base repository, the head commit, base
+/// and head branches, fork or not); actions that do not change the head are answered, not built.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_and_merge_requests_of_every_forge_queue_pull_request_builds() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |_| {}).await;
+    let github = |pr: &Value| {
+        let body = serde_json::to_vec(pr).unwrap();
+        (json_headers(&[("x-github-event", "pull_request"), ("x-hub-signature-256", &sign(&body)), ("x-github-delivery", "pr-d")]), body)
+    };
+    let mut pr = fixture("github-pull-request.json");
+    let (h, body) = github(&pr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!(
+        (build["ref"].as_str(), build["ref_kind"].as_str(), build["ref_name"].as_str(), build["commit"].as_str()),
+        (Some("refs/pull/7/head"), Some("pull_request"), Some("pr-7"), Some("ec26c3e57ca3a959ca5aad62de7213c562f8c821"))
+    );
+    assert_eq!(
+        build["pull_request"],
+        json!({"number": 7, "head_ref": "feature/bonjour", "base_ref": "main", "from_fork": false, "head_repo": "octo-org/busybox-app"})
+    );
+    assert_eq!(build["forge"], json!({"host": "github.com", "path": "octo-org/busybox-app"}));
+    assert_eq!(build["repo_url"], "https://github.com/octo-org/busybox-app.git", "fetched from the base repository");
+
+    // A fork's request: from_fork, still fetched from the base repository.
+    pr["action"] = json!("synchronize");
+    pr["pull_request"]["head"]["sha"] = json!(SHA);
+    pr["pull_request"]["head"]["repo"]["id"] = json!(99);
+    pr["pull_request"]["head"]["repo"]["full_name"] = json!("mallory/busybox-app");
+    let (h, body) = github(&pr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!(
+        (build["pull_request"]["from_fork"].as_bool(), build["pull_request"]["head_repo"].as_str()),
+        (Some(true), Some("mallory/busybox-app"))
+    );
+    pr["pull_request"]["head"]["repo"] = Value::Null;
+    pr["pull_request"]["head"]["sha"] = json!(format!("{}9", &SHA[..39]));
+    let (h, body) = github(&pr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 202, "a deleted fork's request: {answer}");
+    assert_eq!(ci.build(answer["build_id"].as_u64().unwrap()).await["pull_request"]["from_fork"], true);
+    for action in ["closed", "labeled", "edited", "assigned"] {
+        pr["action"] = json!(action);
+        let (h, body) = github(&pr);
+        let (status, answer) = ci.post("/hooks/push", &h, body).await;
+        assert_eq!(status, 200, "{action}: {answer}");
+        assert!(answer["ignored"].as_str().is_some_and(|r| r.contains(action)), "{answer}");
+    }
+    pr["action"] = json!("opened");
+    pr["pull_request"]["head"]["sha"] = json!("not-a-sha");
+    let (h, body) = github(&pr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_error(status, &answer, 422, "invalid_payload");
+
+    // GitLab: the merge request's head ref in the target project; an update without new
+    // commits (a title edit) is not built, one with `oldrev` is.
+    let mut mr = fixture("gitlab-merge-request.json");
+    let gitlab = |mr: &Value| {
+        (json_headers(&[("x-gitlab-event", "Merge Request Hook"), ("x-gitlab-token", SECRET)]), serde_json::to_vec(mr).unwrap())
+    };
+    let (h, body) = gitlab(&mr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["ref"].as_str(), build["source"].as_str()), (Some("refs/merge-requests/3/head"), Some("gitlab")));
+    assert_eq!(build["forge"], json!({"host": "gitlab.example.com", "path": "mike/busybox-app", "project_id": 1}));
+    assert_eq!((build["pull_request"]["base_ref"].as_str(), build["pull_request"]["from_fork"].as_bool()), (Some("main"), Some(false)));
+    mr["object_attributes"]["action"] = json!("update");
+    let (h, body) = gitlab(&mr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 200, "{answer}");
+    mr["object_attributes"]["oldrev"] = json!("da1560886d4f094c3e6c9ef40349f7d38b5d27d7");
+    mr["object_attributes"]["last_commit"]["id"] = json!(SHA);
+    mr["object_attributes"]["source_project_id"] = json!(42);
+    let (h, body) = gitlab(&mr);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(ci.build(answer["build_id"].as_u64().unwrap()).await["pull_request"]["from_fork"], true);
+    mr["object_attributes"]["action"] = json!("merge");
+    let (h, body) = gitlab(&mr);
+    assert_eq!(ci.post("/hooks/push", &h, body).await.0, 200);
+
+    // Gitea / Forgejo say `synchronized`; the fork is told by repository id.
+    let gitea = fixture("gitea-pull-request.json");
+    let body = serde_json::to_vec(&gitea).unwrap();
+    let hex = signature::sign(&Secret::new(SECRET), &body);
+    let h = json_headers(&[("x-forgejo-event", "pull_request"), ("x-forgejo-signature", &hex)]);
+    let (status, answer) = ci.post("/hooks/push", &h, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["ref"].as_str(), build["source"].as_str()), (Some("refs/pull/12/head"), Some("gitea")));
+    assert_eq!(build["pull_request"]["from_fork"], true);
+    assert_eq!(build["forge"]["host"], "git.example.com");
+    assert_eq!(ci.builds().await.len(), 6);
+}
+
+/// An annotated tag's push names the tag object (`after`); GitHub's `head_commit` and GitLab's
+/// `checkout_sha` name the commit: the build records the commit and keeps the object.
+#[tokio::test(flavor = "multi_thread")]
+async fn annotated_tag_pushes_are_peeled_to_their_commit_at_intake() {
+    let (nats, registry) = (TestNats::start().await, TestRegistry::start().await);
+    let ci = intake_only(&nats, &registry, |_| {}).await;
+    let tag_object = "7777777777777777777777777777777777777777";
+    let mut push = fixture("github-push.json");
+    push["ref"] = json!("refs/tags/v2.0.0");
+    push["after"] = json!(tag_object);
+    push["head_commit"]["id"] = json!(SHA);
+    let body = serde_json::to_vec(&push).unwrap();
+    let (status, answer) =
+        ci.post("/hooks/push", &json_headers(&[("x-github-event", "push"), ("x-hub-signature-256", &sign(&body))]), body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["commit"].as_str(), build["tag_object"].as_str()), (Some(SHA), Some(tag_object)));
+
+    let mut push = fixture("gitlab-push.json");
+    push["object_kind"] = json!("tag_push");
+    push["ref"] = json!("refs/tags/v2.0.0");
+    push["after"] = json!(tag_object);
+    push["checkout_sha"] = json!(SHA);
+    let body = serde_json::to_vec(&push).unwrap();
+    let (status, answer) =
+        ci.post("/hooks/push", &json_headers(&[("x-gitlab-event", "Tag Push Hook"), ("x-gitlab-token", SECRET)]), body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["commit"].as_str(), build["tag_object"].as_str()), (Some(SHA), Some(tag_object)));
+}

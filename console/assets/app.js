@@ -258,8 +258,11 @@ function buildDetails(b) {
   return el('dl', { class: 'fields', id: 'build-fields' },
     field('State', stateBadge(b.state)),
     field('App', b.app),
-    field('Ref', `${b.ref_name} (${b.ref_kind})`),
+    field('Ref', `${b.ref_name} (${b.ref_kind.replace('_', ' ')})`),
+    b.pull_request ? field('Pull request', `#${b.pull_request.number}: ${b.pull_request.head_ref} into ${b.pull_request.base_ref}` +
+      (b.pull_request.from_fork ? ` (from the fork ${b.pull_request.head_repo || 'of an unknown repository'}; not pushed)` : ' (not pushed)')) : [],
     field('Commit', el('code', {}, b.commit)),
+    b.tag_object ? field('Tag object', el('code', {}, b.tag_object)) : [],
     field('Repository', b.repo_url),
     field('Triggered by', `${b.source}${b.delivery ? ` (delivery ${b.delivery})` : ''}`),
     field('Queued', when(b.queued_at)),

@@ -9,6 +9,7 @@
 pub mod checkout;
 pub mod context;
 pub mod docker;
+pub mod housekeeping;
 pub mod smoke;
 mod steps;
 
@@ -30,6 +31,7 @@ use crate::{
     pipeline,
     queue::Job,
     records::{BuildRecord, BuildState, StepState},
+    status::Phase,
     webhook::{skips_ci, PushRequest, RefKind},
     AppState,
 };
@@ -264,7 +266,7 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
         return;
     }
     let ctx = Ctx { state, rec: tokio::sync::Mutex::new(rec), log: state.logs.writer(id, state.masker.clone()) };
-    if state.config.cancel_superseded && push.ref_kind == RefKind::Branch {
+    if state.config.cancel_superseded && supersedable(&push) {
         if let Ok(Some(newer)) = state.queue.newer_job(&push, id).await {
             end(ctx, BuildState::Cancelled, Some(format!("superseded by build {newer} of the same branch"))).await;
             return;
@@ -279,6 +281,7 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
     let trace = take_over(&ctx, &replica).await.map(|t| format!(", trace {t}")).unwrap_or_default();
     ctx.log.line(&format!("[conveyor] build {id}: {} {} {} on {replica} (delivery {attempt}{trace})", push.app, push.git_ref, push.commit));
     tracing::info!(replica = %replica, "build started");
+    report(state, id, &push, Phase::Running, None);
 
     let run = state.running.register(id);
     let prepared = tokio::select! {
@@ -287,6 +290,13 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
         _ = watch_for_newer(state, id, &push, &run) => Err(Stop::Cancelled(run.reason())),
     };
     let outcome = match prepared {
+        // A pull request is built, tested and smoke-tested: nothing is pushed or published, and
+        // its image leaves this engine with the build.
+        Ok(p) if push.pull_request.is_some() => {
+            housekeeping::remove_image(&state.docker, &p.repository, &p.tags).await;
+            ctx.log.line("[conveyor] pull request build: not pushed, not published");
+            Ok(())
+        }
         Ok(p) if run.enter_release() => release(&ctx, &push, p).await,
         Ok(_) => Err(Stop::Cancelled(run.reason())),
         Err(stop) => Err(stop),
@@ -301,10 +311,20 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
     end(ctx, state_, reason).await;
 }
 
+/// Whether a newer push of the same ref cancels this build: branches and pull requests.
+fn supersedable(push: &PushRequest) -> bool {
+    matches!(push.ref_kind, RefKind::Branch | RefKind::PullRequest)
+}
+
+/// Queues a commit status for the build (when its repository's forge gets them).
+fn report(state: &AppState, id: u64, push: &PushRequest, phase: Phase, detail: Option<String>) {
+    state.statuses.report(state, crate::status::Report { build_id: id, phase, push: push.clone(), detail });
+}
+
 /// Resolves once a newer push of the same branch is queued and this build was cancelled for it
 /// (checked every second while the build can still be cancelled); never, if superseding is off.
 async fn watch_for_newer(state: &AppState, id: u64, push: &PushRequest, run: &RunningBuild) {
-    if !state.config.cancel_superseded || push.ref_kind != RefKind::Branch {
+    if !state.config.cancel_superseded || !supersedable(push) {
         return std::future::pending().await;
     }
     loop {
@@ -374,8 +394,18 @@ async fn end(ctx: Ctx<'_>, state: BuildState, reason: Option<String>) {
         BuildState::Succeeded => tracing::info!("build succeeded"),
         _ => tracing::warn!(state = %word, reason = reason.as_deref().unwrap_or(""), "build ended"),
     }
-    ctx.finish(state, reason).await;
+    ctx.finish(state, reason.clone()).await;
     ctx.log.close(&word).await;
+    let rec = ctx.rec.lock().await;
+    let detail = match state {
+        BuildState::Succeeded => rec.repository.as_ref().zip(rec.tags.first()).map(|(r, t)| format!("{r}:{t}")),
+        _ => reason,
+    };
+    report(ctx.state, rec.id, &rec.push, Phase::Ended(state), detail);
+    // Older images of the app leave the engine (in the background: the build has ended).
+    if rec.repository.is_some() {
+        tokio::spawn(housekeeping::sweep(ctx.state.clone(), rec.push.app.clone()));
+    }
 }
 
 /// Re-runs push and publish of a build whose push or publish failed, without rebuilding.
@@ -396,13 +426,14 @@ async fn run_retry(state: &Arc<AppState>, id: u64) {
     let tags = rec.tags.clone();
     let ctx = Ctx { state, rec: tokio::sync::Mutex::new(rec), log: state.logs.writer(id, state.masker.clone()) };
     take_over(&ctx, &state.replica).await;
+    report(state, id, &push, Phase::Running, None);
     ctx.log.line(&format!("[conveyor] retry of build {id}: push and publish of the image built before"));
     let image = format!("{repository}:{}", tags[0]);
     if let Err(e) = state.docker.inspect_image(&image).await {
         let reason = format!("the image {image} is no longer on this engine ({e}); start a new build with POST /builds");
         return end(ctx, BuildState::Failed, Some(reason)).await;
     }
-    let p = Prepared { repository, tags, push_timeout: state.config.push_timeout() };
+    let p = Prepared { repository, tags, push_timeout: state.config.push_timeout(), commit: push.commit.clone() };
     let outcome = release(&ctx, &push, p).await;
     match outcome {
         Ok(()) => end(ctx, BuildState::Succeeded, None).await,

@@ -9,6 +9,8 @@ pub(super) struct Prepared {
     pub(super) repository: String,
     pub(super) tags: Vec<String>,
     pub(super) push_timeout: Duration,
+    /// The built commit (a pushed tag object peeled).
+    pub(super) commit: String,
 }
 
 pub(super) async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Result<Prepared, Stop> {
@@ -21,15 +23,28 @@ pub(super) async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Resul
         .map_err(|e| Stop::Failed(format!("cannot make the build's work directory under {}: {e}", cfg.workdir.display())))?;
     let dir = work.path().to_path_buf();
 
-    let message = ctx
+    // The repository's deploy key or token, when it is private (the secrets file says).
+    let identity = push.authenticated_repo.as_deref().unwrap_or(&push.repo_url);
+    let auth = state.secrets.fetch_auth(&[identity, push.repo_url.as_str()]).map_err(|e| Stop::Failed(format!("checkout: {e}")))?;
+    let checked = ctx
         .step("checkout", async {
             let (url, git_ref, commit, dest) = (push.repo_url.clone(), push.git_ref.clone(), push.commit.clone(), dir.clone());
-            tokio::task::spawn_blocking(move || checkout::checkout(&url, &git_ref, &commit, &dest))
+            tokio::task::spawn_blocking(move || checkout::checkout(&url, &git_ref, &commit, &auth, &dest))
                 .await
                 .map_err(|e| format!("checkout task failed: {e}"))?
                 .map_err(|e| e.to_string())
         })
         .await?;
+    let commit = checked.commit.clone();
+    if let Some(object) = &checked.tag_object {
+        ctx.log.line(&format!("[conveyor] {} is the tag object {object}; building the commit it names, {commit}", push.git_ref));
+        ctx.update(|r| {
+            r.push.commit = commit.clone();
+            r.push.tag_object = Some(object.clone());
+        })
+        .await;
+    }
+    let message = checked.message;
     if skips_ci(&message) {
         return Err(Stop::Skipped("the commit message asks to skip CI".into()));
     }
@@ -42,7 +57,6 @@ pub(super) async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Resul
             .map_err(|e| Stop::Failed(e.to_string()))?
     };
     // The image must be one its repository may push (the webhook secrets file grants them).
-    let identity = push.authenticated_repo.as_deref().unwrap_or(&push.repo_url);
     let grant = state.secrets.grant(&[identity, push.repo_url.as_str()], &push.app).map_err(Stop::Failed)?;
     if !grant.images.contains(&pipeline.image_name) {
         return Err(Stop::Failed(format!(
@@ -59,19 +73,35 @@ pub(super) async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Resul
     if push.ref_kind == RefKind::Branch && !pipeline.builds_branch(&push.ref_name) {
         return Err(Stop::Skipped(format!("branch {} is not among the branches of {}", push.ref_name, pipeline::FILE_NAME)));
     }
+    // A pull request builds when the branch it merges into builds.
+    let pr = push.pull_request.as_ref();
+    if let Some(pr) = pr.filter(|pr| !pipeline.builds_branch(&pr.base_ref)) {
+        return Err(Stop::Skipped(format!("base branch {} is not among the branches of {}", pr.base_ref, pipeline::FILE_NAME)));
+    }
+    // A fork's code gets none of the service's build args (they may hold credentials).
+    let mut pipeline = pipeline;
+    if pr.is_some_and(|pr| pr.from_fork) {
+        pipeline.build_args.retain(|arg| !cfg.build_args.contains(arg) || cfg.fork_build_args.contains(&arg.0));
+        ctx.log.line("[conveyor] pull request from a fork: built without the service's build args and never pushed");
+    }
 
     // A context that is a symlink out of the checkout is refused.
     let context_dir = std::fs::canonicalize(dir.join(&pipeline.context))
         .ok()
         .filter(|c| std::fs::canonicalize(&dir).is_ok_and(|root| c.starts_with(root)) && c.is_dir())
         .ok_or_else(|| Stop::Failed(format!("build context {:?} is not a directory inside the repository", pipeline.context)))?;
-    let repository = format!("{}/{}", cfg.registry.trim_end_matches('/'), pipeline.image_name);
+    // A pull request's image stays on this engine under a name no registry or deploy uses.
+    let repository = match pr {
+        Some(_) => format!("{}/{}", housekeeping::PR_REPOSITORY, pipeline.image_name),
+        None => format!("{}/{}", cfg.registry.trim_end_matches('/'), pipeline.image_name),
+    };
     conveyor_proto::validate::image_repository(&repository).map_err(|e| Stop::Failed(e.to_string()))?;
     let mut tags = Vec::new();
-    if push.ref_kind == RefKind::Tag {
-        tags.push(push.ref_name.clone());
+    match pr {
+        Some(pr) => tags.push(format!("pr-{}-{}", pr.number, image_tag(&commit))),
+        None if push.ref_kind == RefKind::Tag => tags.extend([push.ref_name.clone(), image_tag(&commit)]),
+        None => tags.push(image_tag(&commit)),
     }
-    tags.push(image_tag(&push.commit));
     let image = format!("{repository}:{}", tags[0]);
     ctx.update(|r| {
         r.repository = Some(repository.clone());
@@ -81,10 +111,11 @@ pub(super) async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Resul
 
     let build_id = id.to_string();
     let labels = HashMap::from([
-        ("org.opencontainers.image.revision".to_string(), push.commit.clone()),
+        ("org.opencontainers.image.revision".to_string(), commit.clone()),
         ("org.opencontainers.image.source".to_string(), push.repo_url.clone()),
         ("org.opencontainers.image.created".to_string(), rfc3339(OffsetDateTime::now_utc())),
         ("io.conveyor.build-id".to_string(), build_id.clone()),
+        (housekeeping::APP_LABEL.to_string(), push.app.clone()),
     ]);
     ctx.step("build", async {
         let span = tracing::Span::current();
@@ -121,7 +152,7 @@ pub(super) async fn prepare(ctx: &Ctx<'_>, id: u64, push: &PushRequest) -> Resul
         )
         .await?;
     }
-    Ok(Prepared { repository, tags, push_timeout: pipeline.push_timeout })
+    Ok(Prepared { repository, tags, push_timeout: pipeline.push_timeout, commit })
 }
 
 /// Push and publish: not cancellable; each retried with a bounded backoff.
@@ -162,7 +193,7 @@ pub(super) async fn release(ctx: &Ctx<'_>, push: &PushRequest, p: Prepared) -> R
         event_id: format!("ci-{id}-{}", digest.strip_prefix("sha256:").unwrap_or(&digest).chars().take(12).collect::<String>()),
         app: push.app.clone(),
         image: ImageRef { repository: p.repository.clone(), tag: p.tags[0].clone(), digest },
-        source: SourceRef { repo_url: push.repo_url.clone(), commit: push.commit.clone(), branch: push.ref_name.clone() },
+        source: SourceRef { repo_url: push.repo_url.clone(), commit: p.commit.clone(), branch: push.ref_name.clone() },
         build_id: id.to_string(),
         build_started_at: started_at,
         built_at: OffsetDateTime::now_utc(),

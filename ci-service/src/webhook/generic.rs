@@ -56,9 +56,12 @@ impl GenericPush {
             ref_kind,
             ref_name,
             commit: self.commit,
+            tag_object: None,
             source,
             delivery: self.delivery,
             authenticated_repo: Some(repo_url),
+            forge: None,
+            pull_request: None,
         }))
     }
 }

@@ -18,6 +18,8 @@ use conveyor_proto::validate;
 pub use conveyor_api::ci::{PushRequest, RefKind, Source};
 
 /// What to do with a well-formed, authentic notification.
+// One per request, moved on at once: boxing the push would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Intake {
     Build(PushRequest),

@@ -150,6 +150,11 @@ impl WorkClone {
         text
     }
 
+    /// Runs `git <args>` in the work tree; returns its standard output.
+    pub fn git(&self, args: &[&str]) -> String {
+        run(git(&self.path).args(args))
+    }
+
     /// Tags HEAD with `tag` and pushes the tag; returns git's output.
     pub fn push_tag(&self, tag: &str) -> String {
         run(git(&self.path).args(["tag", tag]));

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod docker;
+pub mod forge;
 pub mod git;
 pub mod https;
 pub mod nats;
@@ -22,6 +23,7 @@ use std::{
 
 pub use browser::TestBrowser;
 pub use docker::TestDocker;
+pub use forge::TestForge;
 pub use git::{BareRepo, WorkClone};
 pub use https::TestGitHttps;
 pub use nats::TestNats;
