@@ -512,6 +512,17 @@ async fn annotated_tag_pushes_are_peeled_to_their_commit_at_intake() {
     let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
     assert_eq!((build["commit"].as_str(), build["tag_object"].as_str()), (Some(SHA), Some(tag_object)));
 
+    let mut push = fixture("gitea-push.json");
+    push["ref"] = json!("refs/tags/v2.0.0");
+    push["after"] = json!(tag_object);
+    push["head_commit"]["id"] = json!(SHA);
+    let body = serde_json::to_vec(&push).unwrap();
+    let hex = signature::sign(&Secret::new(SECRET), &body);
+    let (status, answer) = ci.post("/hooks/push", &json_headers(&[("x-gitea-event", "push"), ("x-gitea-signature", &hex)]), body).await;
+    assert_eq!(status, 202, "{answer}");
+    let build = ci.build(answer["build_id"].as_u64().unwrap()).await;
+    assert_eq!((build["commit"].as_str(), build["tag_object"].as_str()), (Some(SHA), Some(tag_object)));
+
     let mut push = fixture("gitlab-push.json");
     push["object_kind"] = json!("tag_push");
     push["ref"] = json!("refs/tags/v2.0.0");
