@@ -1,6 +1,7 @@
 //! What the benchmark programs share: knobs from the environment, percentiles, a process's RSS,
-//! and webhook load for ci-service ([`webhooks`]).
+//! webhook load for ci-service ([`webhooks`]) and the manifest tree of the cd benchmarks ([`gitops`]).
 
+pub mod gitops;
 pub mod webhooks;
 
 use std::time::Duration;

@@ -97,7 +97,9 @@ impl Consumer {
         let opened = open_events_stream(nats, "conveyor-cd-service", opts.stream_max_messages, opts.stream_max_age, true).await?;
         let (js, stream, refusals) = (opened.js, opened.stream, opened.refusals);
         let setup = |e: String| ConsumeError::Setup(format!("{e}{}", refusals.suffix()));
-        js.get_or_create_stream(deadletter_stream_config(opts.stream_max_messages)).await.map_err(|e| setup(e.to_string()))?;
+        conveyor_proto::stream::ensure_stream(&js, deadletter_stream_config(opts.stream_max_messages), nats.stream_replicas)
+            .await
+            .map_err(setup)?;
         let config = |deliver_policy| pull::Config {
             durable_name: Some(opts.durable.clone()),
             filter_subject: EVENTS_CONSUMER_FILTER.to_string(),

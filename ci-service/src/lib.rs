@@ -166,10 +166,11 @@ impl App {
                 Duration::from_secs(config.ack_wait_secs.max(3)),
                 config.max_deliver,
                 config.records_max_age(),
+                config.nats.stream_replicas,
             )
             .await?;
-            let records = Records::open(&js, config.records_max_age()).await?;
-            let logs = Logs::open(&js, config.records_max_age(), config.logs_max_bytes).await?;
+            let records = Records::open(&js, config.records_max_age(), config.nats.stream_replicas).await?;
+            let logs = Logs::open(&js, config.records_max_age(), config.logs_max_bytes, config.nats.stream_replicas).await?;
             let consumer = if config.workers > 0 { Some(queue.consumer().await?) } else { None };
             let control = queue.subscribe_control().await?;
             Ok::<_, StartError>((queue, records, logs, consumer, control))

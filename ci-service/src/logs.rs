@@ -67,19 +67,20 @@ pub struct Logs {
 }
 
 impl Logs {
-    pub async fn open(js: &jetstream::Context, max_age: Duration, max_bytes: i64) -> Result<Self, LogError> {
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: STREAM.into(),
-                description: Some("Conveyor ci-service build logs".into()),
-                subjects: vec!["conveyor.ci.logs.*".into()],
-                max_age,
-                max_bytes,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| open_error(e, max_bytes))?;
+    /// Opens (or creates, with `replicas` replicas) the log stream.
+    pub async fn open(js: &jetstream::Context, max_age: Duration, max_bytes: i64, replicas: u8) -> Result<Self, LogError> {
+        let config = stream::Config {
+            name: STREAM.into(),
+            description: Some("Conveyor ci-service build logs".into()),
+            subjects: vec!["conveyor.ci.logs.*".into()],
+            max_age,
+            max_bytes,
+            storage: stream::StorageType::File,
+            num_replicas: usize::from(replicas.max(1)),
+            ..Default::default()
+        };
+        let stream = conveyor_proto::stream::create_or_open(js, config).await.map_err(|e| open_error(e, max_bytes))?;
+        conveyor_proto::stream::check_replicas(&stream, replicas).map_err(LogError)?;
         Ok(Self { js: js.clone(), stream })
     }
 

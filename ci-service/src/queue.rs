@@ -27,6 +27,9 @@ use crate::webhook::PushRequest;
 pub const STREAM: &str = "CONVEYOR_CI_JOBS";
 pub const CONSUMER: &str = "ci-workers";
 pub const CONTROL_SUBJECT: &str = "conveyor.ci.control";
+/// How long queueing a job is retried (no stream leader, a reconnect) before the webhook gets a
+/// 503: under the 10 s a forge waits for an answer.
+pub const ENQUEUE_PATIENCE: Duration = Duration::from_secs(8);
 /// Key-value bucket: the newest job number of each repository and branch.
 pub const HEADS_BUCKET: &str = "CONVEYOR_CI_BRANCH_HEADS";
 
@@ -83,7 +86,7 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Opens (or creates) the queue and the branch heads; a branch's head is forgotten
+    /// Opens (or creates, with `replicas` replicas) the queue and the branch heads; a branch's head is forgotten
     /// `heads_max_age` after its last push.
     pub async fn open(
         js: &jetstream::Context,
@@ -91,20 +94,19 @@ impl Queue {
         ack_wait: Duration,
         max_deliver: i64,
         heads_max_age: Duration,
+        replicas: u8,
     ) -> Result<Self, QueueError> {
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: STREAM.into(),
-                description: Some("Conveyor ci-service build queue".into()),
-                subjects: vec!["conveyor.ci.jobs.>".into(), "conveyor.ci.retry.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: dedup_window,
-                ..Default::default()
-            })
-            .await
-            .map_err(err)?;
-        let heads = crate::records::open_bucket(js, HEADS_BUCKET, "Conveyor ci-service newest job of each branch", heads_max_age)
+        let config = stream::Config {
+            name: STREAM.into(),
+            description: Some("Conveyor ci-service build queue".into()),
+            subjects: vec!["conveyor.ci.jobs.>".into(), "conveyor.ci.retry.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: dedup_window,
+            ..Default::default()
+        };
+        let stream = conveyor_proto::stream::ensure_stream(js, config, replicas).await.map_err(err)?;
+        let heads = crate::records::open_bucket(js, HEADS_BUCKET, "Conveyor ci-service newest job of each branch", heads_max_age, replicas)
             .await
             .map_err(QueueError)?;
         Ok(Self { js: js.clone(), stream, heads, ack_wait, max_deliver })
@@ -184,8 +186,32 @@ impl Queue {
             headers.insert(conveyor_proto::headers::TRACEPARENT, tp);
         }
         let payload = Bytes::from(serde_json::to_vec(job).expect("a job always serializes"));
-        let ack = self.js.publish_with_headers(subject, headers, payload).await.map_err(err)?.await.map_err(err)?;
-        Ok(Enqueued { id: ack.sequence, duplicate: ack.duplicate })
+        // On a cluster, the queue has no leader for a few seconds after its leader's node is
+        // lost (JetStream answers "no responders"), and a client whose server went away waits
+        // for its reconnect: both are retried here, within a webhook sender's patience, so a
+        // lost node costs the sender a slower answer, not a 503. A retry of a publish that did
+        // land (its ack was lost) is dropped by the Nats-Msg-Id de-duplication.
+        use async_nats::jetstream::context::PublishErrorKind as Kind;
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        let mut maybe_stored = false;
+        loop {
+            let attempt = async { self.js.publish_with_headers(subject.clone(), headers.clone(), payload.clone()).await?.await }.await;
+            match attempt {
+                // Our own earlier attempt may be what the stream holds: not another delivery's.
+                Ok(ack) => return Ok(Enqueued { id: ack.sequence, duplicate: ack.duplicate && !maybe_stored }),
+                Err(e)
+                    if matches!(e.kind(), Kind::StreamNotFound | Kind::TimedOut | Kind::BrokenPipe)
+                        && started.elapsed() + wait < ENQUEUE_PATIENCE =>
+                {
+                    maybe_stored |= e.kind() != Kind::StreamNotFound;
+                    tracing::debug!(error = %e, retry_in = ?wait, "the build queue did not take the job; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
     }
 
     /// The job with this number and the trace id it carries, while it is queued or running

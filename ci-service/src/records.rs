@@ -25,12 +25,18 @@ fn nats(e: impl std::fmt::Display) -> RecordError {
     RecordError::Nats(e.to_string())
 }
 
-/// Opens (or creates) a key-value bucket keeping one value per key, on file, values older than
-/// `max_age` dropped. Its stream is created here with the key-value conventions, because
+/// Opens (or creates, with `replicas` replicas) a key-value bucket keeping one value per key, on
+/// file, values older than `max_age` dropped. Its stream is created here with the key-value conventions, because
 /// `create_key_value` first asks for the account info, which it cannot parse from nats-server
 /// 2.9 (see PLATFORM.md); `get_key_value` then opens it as usual.
-pub(crate) async fn open_bucket(js: &jetstream::Context, bucket: &str, description: &str, max_age: Duration) -> Result<kv::Store, String> {
-    js.get_or_create_stream(jetstream::stream::Config {
+pub(crate) async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+    replicas: u8,
+) -> Result<kv::Store, String> {
+    let config = jetstream::stream::Config {
         name: format!("KV_{bucket}"),
         description: Some(description.into()),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -41,9 +47,8 @@ pub(crate) async fn open_bucket(js: &jetstream::Context, bucket: &str, descripti
         deny_delete: true,
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    };
+    conveyor_proto::stream::ensure_stream(js, config, replicas).await?;
     js.get_key_value(bucket).await.map_err(|e| e.to_string())
 }
 
@@ -55,8 +60,8 @@ pub struct Records {
 
 impl Records {
     /// Opens (or creates) the bucket; records older than `max_age` are dropped by the server.
-    pub async fn open(js: &jetstream::Context, max_age: Duration) -> Result<Self, RecordError> {
-        let kv = open_bucket(js, BUCKET, "Conveyor ci-service build records", max_age).await.map_err(nats)?;
+    pub async fn open(js: &jetstream::Context, max_age: Duration, replicas: u8) -> Result<Self, RecordError> {
+        let kv = open_bucket(js, BUCKET, "Conveyor ci-service build records", max_age, replicas).await.map_err(nats)?;
         Ok(Self { kv })
     }
 

@@ -284,6 +284,7 @@ async fn an_older_job_that_comes_back_after_the_newer_build_ended_is_superseded(
         Duration::from_secs(config.ack_wait_secs),
         config.max_deliver,
         config.records_max_age(),
+        1,
     )
     .await
     .unwrap();

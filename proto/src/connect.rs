@@ -14,9 +14,18 @@ use crate::Secret;
 /// NATS connection settings (`#[command(flatten)]` into a service's config).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NatsArgs {
-    /// NATS server URL (JetStream must be enabled).
+    /// NATS server URL (JetStream must be enabled); several servers of a cluster comma-separated
+    /// (`nats://a:4222,nats://b:4222,nats://c:4222`): the client connects to one that is up and
+    /// moves to another when it goes away.
     #[arg(long = "nats-url", env = "CONVEYOR_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub url: String,
+
+    /// Replicas of every stream and key-value bucket this service creates (3 on a three-node
+    /// JetStream cluster: a node may be lost without losing anything). An existing stream with
+    /// another count is refused at start, never silently used.
+    #[arg(long = "stream-replicas", env = "CONVEYOR_STREAM_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 
     /// NATS user name (with --nats-password or --nats-password-file).
     #[arg(long = "nats-user", env = "CONVEYOR_NATS_USER")]
@@ -42,12 +51,23 @@ pub struct NatsArgs {
 impl NatsArgs {
     /// Settings for `url` without credentials.
     pub fn anonymous(url: &str) -> Self {
-        Self { url: url.to_string(), ..Default::default() }
+        Self { url: url.to_string(), stream_replicas: 1, ..Default::default() }
     }
 
     /// Settings for `url` with a user and password.
     pub fn user(url: &str, user: &str, password: &str) -> Self {
-        Self { url: url.to_string(), user: Some(user.into()), password: Some(Secret::new(password)), ..Default::default() }
+        Self {
+            url: url.to_string(),
+            user: Some(user.into()),
+            password: Some(Secret::new(password)),
+            stream_replicas: 1,
+            ..Default::default()
+        }
+    }
+
+    /// The servers of `url`, one per comma-separated entry.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
     }
 
     /// True when some credentials are configured.
@@ -159,7 +179,7 @@ pub async fn connect(args: &NatsArgs, name: &str, limit: Duration) -> Result<Con
     let started = Instant::now();
     loop {
         let opts = options(args, name, refusals.clone()).await?;
-        let attempt = tokio::time::timeout(Duration::from_secs(5), opts.connect(args.url.as_str())).await;
+        let attempt = tokio::time::timeout(Duration::from_secs(5), opts.connect(args.servers().as_slice())).await;
         let message = match attempt {
             Ok(Ok(client)) => return Ok(Connection { client, refusals }),
             Ok(Err(e)) if matches!(e.kind(), Kind::AuthorizationViolation | Kind::Authentication) => {

@@ -62,6 +62,48 @@ pub async fn publish_event(
 
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Opens `config`'s stream, creating it with `replicas` replicas (0 counts as 1). An existing
+/// stream with another replica count is refused ([`check_replicas`]): a stream is never silently
+/// used at another durability than the service was told.
+pub async fn ensure_stream(js: &jetstream::Context, mut config: Config, replicas: u8) -> Result<Stream, String> {
+    config.num_replicas = usize::from(replicas.max(1));
+    let stream = create_or_open(js, config).await.map_err(|e| e.to_string())?;
+    check_replicas(&stream, replicas)?;
+    Ok(stream)
+}
+
+/// `get_or_create_stream`, retried for up to 30 s while JetStream does not answer in time or has
+/// no leader yet: replicas starting together on a cluster create the same streams at once, and a
+/// replicated create can outlast one request's time-out.
+pub async fn create_or_open(js: &jetstream::Context, config: Config) -> Result<Stream, jetstream::context::CreateStreamError> {
+    use jetstream::context::CreateStreamErrorKind as Kind;
+    let deadline = std::time::Instant::now() + OPEN_TIMEOUT;
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Err(e) if matches!(e.kind(), Kind::TimedOut | Kind::JetStreamUnavailable) && std::time::Instant::now() < deadline => {
+                tracing::warn!(stream = %config.name, error = %e, "JetStream did not answer the stream create in time; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Refuses a stream whose replica count is not `replicas`, naming both and what to change.
+pub fn check_replicas(stream: &Stream, replicas: u8) -> Result<(), String> {
+    let want = usize::from(replicas.max(1));
+    let info = stream.cached_info();
+    let have = info.config.num_replicas.max(1);
+    if have == want {
+        return Ok(());
+    }
+    Err(format!(
+        "the stream {name} has {have} replica(s), not the {want} of --stream-replicas / CONVEYOR_STREAM_REPLICAS: \
+         set it to {have}, or move the stream (`nats stream edit {name} --replicas {want}`)",
+        name = info.config.name
+    ))
+}
+
 /// An open event stream and the connection it came through.
 pub struct EventsStream {
     pub js: jetstream::Context,
@@ -87,7 +129,7 @@ pub async fn open_events_stream(
     let timeout = || StreamError::Timeout { url: nats.url.clone(), secs: OPEN_TIMEOUT.as_secs(), refused: refusals.suffix() };
     let js = jetstream::new(conn.client);
     let config = events_stream_config(max_messages, max_age);
-    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, js.get_or_create_stream(config.clone()))
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT + Duration::from_secs(5), ensure_stream(&js, config.clone(), nats.stream_replicas))
         .await
         .map_err(|_| timeout())?
         .map_err(|e| StreamError::Stream(format!("{e}{}", refusals.suffix())))?;

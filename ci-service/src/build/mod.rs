@@ -267,7 +267,7 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
     }
     let ctx = Ctx { state, rec: tokio::sync::Mutex::new(rec), log: state.logs.writer(id, state.masker.clone()) };
     if state.config.cancel_superseded && supersedable(&push) {
-        if let Ok(Some(newer)) = state.queue.newer_job(&push, id).await {
+        if let Some(newer) = newer_job_patiently(state, &push, id).await {
             end(ctx, BuildState::Cancelled, Some(format!("superseded by build {newer} of the same branch"))).await;
             return;
         }
@@ -315,6 +315,31 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
 fn supersedable(push: &PushRequest) -> bool {
     matches!(push.ref_kind, RefKind::Branch | RefKind::PullRequest)
 }
+
+/// The newer job of the push's ref, if there is one. An unreadable queue or branch head (a NATS
+/// node lost, its streams electing a new leader) is asked again, 1 s apart, for up to
+/// `HEAD_PATIENCE`: read as "no newer push", it would let a delayed job of an older commit be
+/// built, and deployed, after the newer one (its build starts later, and deploys follow build
+/// start). Only a NATS away for longer builds without knowing (and then waits at publish).
+async fn newer_job_patiently(state: &AppState, push: &PushRequest, id: u64) -> Option<u64> {
+    let started = std::time::Instant::now();
+    loop {
+        match state.queue.newer_job(push, id).await {
+            Ok(newer) => return newer,
+            Err(e) if started.elapsed() < HEAD_PATIENCE => {
+                tracing::warn!(error = %e, "cannot read whether a newer push of the branch was queued; asking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read whether a newer push of the branch was queued; building anyway");
+                return None;
+            }
+        }
+    }
+}
+
+/// How long a build waits to learn whether a newer push supersedes it.
+const HEAD_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Queues a commit status for the build (when its repository's forge gets them).
 fn report(state: &AppState, id: u64, push: &PushRequest, phase: Phase, detail: Option<String>) {

@@ -1,11 +1,12 @@
 //! The fault-injection suite: the real `ci-service` and `cd-service` binaries, NATS, a registry
 //! and git repositories on 127.0.0.1, fed bursts of pushes, events and bad webhooks while
-//! processes are killed with SIGKILL, NATS restarts, the registry goes away and people push to
+//! processes are killed with SIGKILL, NATS restarts or loses a node of its cluster, the registry goes away and people push to
 //! the manifest repository. Each scenario checks what came out against what went in and gives a
 //! row of the table `dev/faults` prints: faults injected, inputs, manifest updates expected and
 //! found, duplicates, losses, crashes. The goal is zero duplicated, zero lost, zero crashes.
 
 pub mod bad_webhooks;
+pub mod cluster;
 pub mod forged;
 pub mod procs;
 pub mod scenarios;
@@ -172,8 +173,17 @@ impl Rng {
 }
 
 /// Every scenario's name, in the order `run` runs them.
-pub const SCENARIOS: &[&str] =
-    &["ci-kill-9", "cd-kill-9", "nats-restart", "registry-outage", "outside-pushes", "bad-webhooks", "forged-deploys"];
+pub const SCENARIOS: &[&str] = &[
+    "ci-kill-9",
+    "cd-kill-9",
+    "nats-restart",
+    "nats-node-loss",
+    "nats-leader-loss",
+    "registry-outage",
+    "outside-pushes",
+    "bad-webhooks",
+    "forged-deploys",
+];
 
 /// Runs the scenarios named in `only` (all when empty), one after the other, each in its own
 /// world. A scenario that cannot run at all is a row with its error as a note and a crash.
@@ -191,6 +201,8 @@ pub async fn run(scale: &Scale, seed: u64, only: &[String]) -> Vec<Row> {
             "ci-kill-9" => scenarios::ci_kill9(scale, rng).await,
             "cd-kill-9" => scenarios::cd_kill9(scale, rng).await,
             "nats-restart" => scenarios::nats_restart(scale, rng).await,
+            "nats-node-loss" => cluster::nats_node_loss(scale, rng).await,
+            "nats-leader-loss" => cluster::nats_leader_loss(scale, rng).await,
             "registry-outage" => scenarios::registry_outage(scale, rng).await,
             "outside-pushes" => scenarios::outside_pushes(scale, rng).await,
             "bad-webhooks" => bad_webhooks::bad_webhooks(scale, rng).await,

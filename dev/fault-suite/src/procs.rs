@@ -169,9 +169,14 @@ impl Replicas {
 }
 
 /// The last 20 lines of a replica's log.
+/// The last 20 lines of a log, without backtrace frames (they would hide the error above them).
 fn log_tail(path: &Path) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
-    let mut tail: Vec<&str> = log.lines().rev().take(20).collect();
+    let frame = |l: &&str| {
+        let t = l.trim_start();
+        t.starts_with("at ") || t.split_once(": ").is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut tail: Vec<&str> = log.lines().rev().filter(|l| !frame(l)).take(20).collect();
     tail.reverse();
     tail.join("\n")
 }

@@ -133,7 +133,8 @@ pub(crate) async fn wait_builds_finished(world: &World, repos: &[AppRepo], urls:
 /// newest push.
 pub(crate) async fn check_pushes(world: &World, repos: &[AppRepo], urls: &[String], row: &mut Row) {
     let mut per_commit: HashMap<String, usize> = HashMap::new();
-    for (_, e) in world.events().await {
+    let events = world.events().await;
+    for (_, e) in &events {
         if e.deploy.is_none() {
             *per_commit.entry(e.source.commit.clone()).or_default() += 1;
         }
@@ -172,13 +173,24 @@ pub(crate) async fn check_pushes(world: &World, repos: &[AppRepo], urls: &[Strin
             row.found += 1;
         } else if per_commit.contains_key(newest) {
             row.losses += 1;
-            row.notes.push(format!("{} deploys {deployed}, not its newest build {}", repo.app, &newest[..12]));
+            let order: Vec<String> = events
+                .iter()
+                .filter(|(_, e)| e.app == repo.app)
+                .map(|(seq, e)| format!("#{seq} {} build {} started {}", e.image.tag, e.build_id, e.build_started_at))
+                .collect();
+            row.notes.push(format!(
+                "{} deploys {deployed}, not its newest build {}; its events: {}; the manifest's history: {}",
+                repo.app,
+                &newest[..12],
+                order.join(", "),
+                world.manifests.log_oneline("main").lines().take(12).collect::<Vec<_>>().join(" | ")
+            ));
         }
     }
 }
 
 /// Checks the cd side: each app at the tag of its newest event.
-fn check_tags(world: &World, apps: &[String], rounds: usize, row: &mut Row) {
+pub(crate) fn check_tags(world: &World, apps: &[String], rounds: usize, row: &mut Row) {
     for app in apps {
         row.expected += 1;
         let deployed = world.deployed_tag(app);

@@ -50,7 +50,11 @@ pub struct AppRepo {
 impl World {
     /// `apps`: the manifest repository gets `apps/<app>/deployment.yaml` for each, at tag `initial`.
     pub async fn new(apps: &[String]) -> anyhow::Result<World> {
-        let nats = TestNats::start().await;
+        Self::new_on(apps, TestNats::start().await).await
+    }
+
+    /// As `new`, on the given NATS (e.g. a three-node cluster).
+    pub async fn new_on(apps: &[String], nats: TestNats) -> anyhow::Result<World> {
         let registry = TestRegistry::start().await;
         let dir = tempfile::tempdir()?;
         let manifests = BareRepo::create(dir.path().join("git/manifests.git"));

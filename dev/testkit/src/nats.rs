@@ -8,6 +8,11 @@
 //!
 //! Its file store is given a size: nats-server's default is 75% of the disk's free space, which
 //! on a nearly full CI disk is less than the 1 GiB ci-service's log stream reserves.
+//!
+//! [`TestNats::start_cluster`] runs a three-node JetStream cluster on loopback instead (routes
+//! between the nodes, one store dir each, `server_name` n0, n1, n2): `url` then lists every node,
+//! the services get `--stream-replicas 3`, and one node at a time can be killed (SIGKILL),
+//! stopped and started again, or found as the leader of a stream.
 
 use std::{
     path::{Path, PathBuf},
@@ -80,11 +85,24 @@ impl Keys {
 }
 
 pub struct TestNats {
+    /// The first node's client port.
     pub port: u16,
+    /// Every node's URL, comma-separated (one for a single server).
     pub url: String,
     pub passwords: Passwords,
     pub keys: Keys,
-    store: tempfile::TempDir,
+    /// Replicas the services' streams get: 1, or 3 on the cluster.
+    pub replicas: u8,
+    _store: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+/// One nats-server process.
+struct Node {
+    port: u16,
+    /// Its `nats.conf` (and, beside it, its store and log).
+    conf: PathBuf,
+    log: PathBuf,
     child: Option<ChildGuard>,
 }
 
@@ -104,32 +122,73 @@ impl TestNats {
 
     /// Starts it with a JetStream file store of `bytes` (`jetstream { max_file_store }`).
     pub async fn start_with_max_file_store(bytes: u64) -> Self {
+        Self::start_nodes(1, bytes).await
+    }
+
+    /// Starts a three-node JetStream cluster on loopback and waits until it has a leader.
+    pub async fn start_cluster() -> Self {
+        Self::start_nodes(3, DEFAULT_MAX_FILE_STORE).await
+    }
+
+    async fn start_nodes(n: usize, bytes: u64) -> Self {
         let store = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let config =
-            format!("jetstream {{\n  store_dir: {:?}\n  max_file_store: {bytes}\n}}\ninclude \"auth.conf\"\n", store.path().join("js"));
-        std::fs::write(store.path().join("nats.conf"), config).expect("nats config");
         std::fs::write(store.path().join("auth.conf"), AUTH_CONF).expect("nats auth config");
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), if n > 1 { free_port() } else { 0 })).collect();
+        let mut nodes = Vec::new();
+        for (i, (port, route_port)) in ports.iter().enumerate() {
+            let dir = store.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&dir).expect("node dir");
+            let mut config = format!(
+                "server_name: n{i}\njetstream {{\n  store_dir: {:?}\n  max_file_store: {bytes}\n}}\ninclude \"../auth.conf\"\n",
+                dir.join("js")
+            );
+            if n > 1 {
+                let routes: Vec<String> =
+                    ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, r))| format!("nats-route://127.0.0.1:{r}")).collect();
+                config.push_str(&format!(
+                    "cluster {{\n  name: conveyor-test\n  listen: 127.0.0.1:{route_port}\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ));
+            }
+            let conf = dir.join("nats.conf");
+            std::fs::write(&conf, config).expect("nats config");
+            nodes.push(Node { port: *port, conf, log: dir.join("nats.log"), child: None });
+        }
         let passwords = Passwords { ci: password(), cd: password(), admin: password() };
         let keys = Keys::generate(store.path());
-        let mut this = Self { port, url: format!("nats://127.0.0.1:{port}"), passwords, keys, store, child: None };
-        this.spawn().await;
+        let url = ports.iter().map(|(p, _)| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let replicas = if n > 1 { 3 } else { 1 };
+        let mut this = Self { port: ports[0].0, url, passwords, keys, replicas, _store: store, nodes };
+        for i in 0..n {
+            this.spawn_node(i);
+        }
+        this.wait_jetstream().await;
         this
+    }
+
+    /// How many nodes it runs.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Every node's URL.
+    pub fn servers(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect()
     }
 
     /// ci-service's NATS settings (its own user).
     pub fn ci_args(&self) -> NatsArgs {
-        NatsArgs::user(&self.url, CI_USER, &self.passwords.ci)
+        NatsArgs { stream_replicas: self.replicas, ..NatsArgs::user(&self.url, CI_USER, &self.passwords.ci) }
     }
 
     /// cd-service's NATS settings (its own user).
     pub fn cd_args(&self) -> NatsArgs {
-        NatsArgs::user(&self.url, CD_USER, &self.passwords.cd)
+        NatsArgs { stream_replicas: self.replicas, ..NatsArgs::user(&self.url, CD_USER, &self.passwords.cd) }
     }
 
     /// An operator's settings (every permission): what the harness itself inspects with.
     pub fn admin_args(&self) -> NatsArgs {
-        NatsArgs::user(&self.url, ADMIN_USER, &self.passwords.admin)
+        NatsArgs { stream_replicas: self.replicas, ..NatsArgs::user(&self.url, ADMIN_USER, &self.passwords.admin) }
     }
 
     /// The environment a ci-service binary needs: NATS URL, its user, its signing key.
@@ -139,6 +198,7 @@ impl TestNats {
             ("CONVEYOR_NATS_USER", CI_USER.into()),
             ("CONVEYOR_NATS_PASSWORD", self.passwords.ci.clone()),
             ("CONVEYOR_SIGNING_KEY_FILE", self.keys.ci_key.display().to_string()),
+            ("CONVEYOR_STREAM_REPLICAS", self.replicas.to_string()),
         ]
     }
 
@@ -151,6 +211,7 @@ impl TestNats {
             ("CONVEYOR_NATS_PASSWORD", self.passwords.cd.clone()),
             ("CONVEYOR_CI_PUBLIC_KEYS", self.keys.ci_pub.display().to_string()),
             ("CONVEYOR_SIGNING_KEY_FILE", self.keys.cd_key.display().to_string()),
+            ("CONVEYOR_STREAM_REPLICAS", self.replicas.to_string()),
         ]
     }
 
@@ -158,16 +219,17 @@ impl TestNats {
     pub async fn connect_admin(&self) -> async_nats::Client {
         async_nats::ConnectOptions::new()
             .user_and_password(ADMIN_USER.into(), self.passwords.admin.clone())
-            .connect(&self.url)
+            .connect(self.servers().as_slice())
             .await
             .expect("connect to test nats as admin")
     }
 
-    async fn spawn(&mut self) {
-        let log = std::fs::File::create(self.store.path().join("nats.log")).expect("log file");
+    fn spawn_node(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log file");
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
-            .arg(self.store.path().join("nats.conf"))
+            .args(["-a", "127.0.0.1", "-p", &node.port.to_string(), "-c"])
+            .arg(&node.conf)
             .env("CONVEYOR_NATS_CI_PASSWORD", &self.passwords.ci)
             .env("CONVEYOR_NATS_CD_PASSWORD", &self.passwords.cd)
             .env("CONVEYOR_NATS_ADMIN_PASSWORD", &self.passwords.admin)
@@ -175,43 +237,92 @@ impl TestNats {
             .stderr(log)
             .spawn()
             .expect("nats-server not found: run dev/setup (apt install nats-server)");
-        self.child = Some(ChildGuard(child));
-        let (url, admin) = (self.url.clone(), self.passwords.admin.clone());
-        crate::wait_until("nats-server to accept JetStream requests", Duration::from_secs(20), || {
-            let (url, admin) = (url.clone(), admin.clone());
+        node.child = Some(ChildGuard(child));
+    }
+
+    /// Waits until JetStream answers an account-info request (on a cluster: a meta leader exists).
+    async fn wait_jetstream(&self) {
+        let (servers, admin) = (self.servers(), self.passwords.admin.clone());
+        crate::wait_until("nats-server to accept JetStream requests", Duration::from_secs(30), || {
+            let (servers, admin) = (servers.clone(), admin.clone());
             async move {
-                let connect = async_nats::ConnectOptions::new().user_and_password(ADMIN_USER.into(), admin).connect(&url);
-                let Ok(client) = connect.await else { return false };
+                let connect = async_nats::ConnectOptions::new().user_and_password(ADMIN_USER.into(), admin).connect(servers.as_slice());
+                let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(2), connect).await else { return false };
                 // A raw account-info request: `query_account()` cannot parse nats-server 2.9's answer.
                 let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), client.request("$JS.API.INFO", "".into())).await else {
                     return false;
                 };
-                String::from_utf8_lossy(&reply.payload).contains("account_info_response")
+                let text = String::from_utf8_lossy(&reply.payload);
+                text.contains("account_info_response") && !text.contains("\"error\"")
             }
         })
         .await;
     }
 
-    /// Stops the server (its store stays) — for fault tests.
+    /// Stops the server (every node; the stores stay) — for fault tests.
     pub fn stop(&mut self) {
-        self.child = None;
+        for node in &mut self.nodes {
+            node.child = None;
+        }
     }
 
     /// Freezes the server (SIGSTOP): its connections stay open, and what clients send is neither
     /// answered nor refused, as with a hung server. `stop` or `restart` then kills it, and what
     /// it had not read yet is gone.
     pub fn freeze(&self) {
-        crate::signal(self.child.as_ref().expect("nats-server runs").0.id(), crate::Signal::STOP);
+        for node in &self.nodes {
+            crate::signal(node.child.as_ref().expect("nats-server runs").0.id(), crate::Signal::STOP);
+        }
     }
 
-    /// Starts it again on the same port and store.
+    /// Starts it again on the same ports and stores.
     pub async fn restart(&mut self) {
         self.stop();
-        self.spawn().await;
+        for i in 0..self.nodes.len() {
+            self.spawn_node(i);
+        }
+        self.wait_jetstream().await;
     }
 
+    /// Kills node `i` at once (SIGKILL): no goodbye to its routes or clients.
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut guard) = self.nodes[i].child.take() {
+            let _ = guard.0.kill();
+            let _ = guard.0.wait();
+        }
+    }
+
+    /// Stops node `i` (SIGTERM, as an operator's restart does).
+    pub fn stop_node(&mut self, i: usize) {
+        self.nodes[i].child = None;
+    }
+
+    /// Starts node `i` again on its port and store, and waits until it answers.
+    pub async fn start_node(&mut self, i: usize) {
+        self.spawn_node(i);
+        let port = self.nodes[i].port;
+        crate::wait_until("the nats node to listen", Duration::from_secs(20), || async move {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+    }
+
+    /// The index of the node leading `stream` (its Raft leader), if it has one now.
+    pub async fn leader_of(&self, stream: &str) -> Option<usize> {
+        let js = self.jetstream().await;
+        let info = js.get_stream(stream).await.ok()?.info().await.ok()?.clone();
+        let leader = info.cluster?.leader?;
+        leader.strip_prefix('n')?.parse().ok()
+    }
+
+    /// The (first node's) log.
     pub fn log_path(&self) -> PathBuf {
-        self.store.path().join("nats.log")
+        self.nodes[0].log.clone()
+    }
+
+    /// Node `i`'s log.
+    pub fn node_log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
     }
 
     /// JetStream as the operator.
