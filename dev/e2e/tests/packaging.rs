@@ -92,6 +92,37 @@ fn the_compose_file_wires_the_whole_stack_and_refuses_to_start_without_its_secre
         assert!(repo_root().join(dockerfile).is_file() || Path::new(dockerfile).is_file(), "{dockerfile}");
     }
 
+    // The `cluster` profile: three NATS nodes routed to each other, the services on R3 and
+    // every node in their NATS URL.
+    let cluster_env: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([
+            ("COMPOSE_PROFILES", "cluster"),
+            ("CONVEYOR_STREAM_REPLICAS", "3"),
+            ("CONVEYOR_CI_NATS_URL", "nats://127.0.0.1:4223,nats://127.0.0.1:4224,nats://127.0.0.1:4225"),
+            ("CONVEYOR_CD_NATS_URL", "nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222"),
+        ])
+        .collect();
+    let out = compose(&cluster_env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_norway::from_slice(&out.stdout).unwrap();
+    for (node, others) in [("nats-1", ["nats-2", "nats-3"]), ("nats-2", ["nats-1", "nats-3"]), ("nats-3", ["nats-1", "nats-2"])] {
+        let svc = &config["services"][node];
+        assert_eq!(svc["profiles"][0].as_str(), Some("cluster"), "{node} only in the cluster profile");
+        let command: Vec<&str> = svc["command"].as_sequence().unwrap().iter().filter_map(|v| v.as_str()).collect();
+        let routes = command.windows(2).find(|w| w[0] == "--routes").map(|w| w[1]).unwrap_or("");
+        assert!(others.iter().all(|o| routes.contains(&format!("nats://{o}:6222"))), "{node} routes to {others:?}: {command:?}");
+        assert!(command.windows(2).any(|w| w == ["--server_name", node]) && command.contains(&"--jetstream"), "{command:?}");
+        assert!(command.windows(2).any(|w| w == ["-c", "/etc/nats/auth.conf"]), "{node} runs with Conveyor's users");
+        assert!(format!("{:?}", svc["volumes"]).contains(&format!("{node}-data")), "{node} has its own store");
+    }
+    for svc in ["ci-service", "cd-service"] {
+        let env = &config["services"][svc]["environment"];
+        assert_eq!(env["CONVEYOR_STREAM_REPLICAS"].as_str(), Some("3"), "{svc}");
+        assert_eq!(env["CONVEYOR_NATS_URL"].as_str().unwrap().split(',').count(), 3, "{svc}");
+    }
+
     let out = compose(&env[1..]);
     assert!(!out.status.success(), "no webhook secret: refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("set CONVEYOR_WEBHOOK_SECRET"), "{}", String::from_utf8_lossy(&out.stderr));
