@@ -201,7 +201,6 @@ impl App {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let App { state, consumer, control, statuses } = self;
         let _statuses = worker::AbortOnDrop(tokio::spawn(status::run(state.clone(), statuses)));
-        tokio::spawn(build::housekeeping::sweep_all(state.clone()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         // Owned here: if this future is dropped, its workers and their builds go with it.
         let workers = consumer.map(|c| worker::AbortOnDrop(tokio::spawn(worker::run(state.clone(), c, stopped.clone()))));

@@ -295,6 +295,11 @@ impl WebhookSecrets {
         self.all().chain(tokens).chain(self.forges.values().flat_map(|f| f.token.token.iter()))
     }
 
+    /// Whether any forge gets commit statuses.
+    pub fn has_forges(&self) -> bool {
+        !self.forges.is_empty()
+    }
+
     /// The tokens of every token file as they are now (masked in logs too, like inline values).
     pub fn file_tokens(&self) -> Vec<Secret> {
         let files = self.forges.values().filter_map(|f| f.token.token_file.clone()).chain(

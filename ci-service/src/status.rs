@@ -62,7 +62,8 @@ impl Reporter {
     /// Queues a status; nothing for a push without a forge repository (the generic hook, a
     /// manual build).
     pub fn report(&self, state: &AppState, report: Report) {
-        if report.push.forge.is_none() {
+        // Nothing at all on the webhook path when no forge is configured.
+        if report.push.forge.is_none() || !state.secrets.has_forges() {
             return;
         }
         if self.tx.try_send(report).is_err() {
@@ -260,15 +261,26 @@ type Latest = Arc<Mutex<HashMap<String, (u64, Arc<tokio::sync::Mutex<()>>)>>>;
 
 /// Sends the reports until the channel closes.
 pub async fn run(state: Arc<AppState>, mut rx: mpsc::Receiver<Report>) {
-    let client =
-        match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).user_agent(concat!("conveyor-ci/", env!("CARGO_PKG_VERSION"))).build() {
-            Ok(c) => c,
-            Err(e) => return tracing::error!(error = %e, "cannot make the HTTP client for commit statuses; none will be sent"),
-        };
+    // Made at the first status: its TLS roots cost memory a service without forges never needs.
+    let mut client: Option<reqwest::Client> = None;
     let latest: Latest = Arc::default();
     let mut seq = 0u64;
     while let Some(report) = rx.recv().await {
         let Some(post) = Post::resolve(&state, &report) else { continue };
+        let client = match &client {
+            Some(c) => c.clone(),
+            None => {
+                let agent = concat!("conveyor-ci/", env!("CARGO_PKG_VERSION"));
+                match reqwest::Client::builder().timeout(REQUEST_TIMEOUT).user_agent(agent).build() {
+                    Ok(c) => client.insert(c).clone(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot make the HTTP client for commit statuses");
+                        state.metrics.status(kind_name(post.kind), "failed");
+                        continue;
+                    }
+                }
+            }
+        };
         seq += 1;
         let lock = {
             let mut map = latest.lock().expect("status map lock is never poisoned");
@@ -276,7 +288,7 @@ pub async fn run(state: Arc<AppState>, mut rx: mpsc::Receiver<Report>) {
             entry.0 = seq;
             entry.1.clone()
         };
-        tokio::spawn(deliver(state.clone(), client.clone(), post, seq, lock, latest.clone()));
+        tokio::spawn(deliver(state.clone(), client, post, seq, lock, latest.clone()));
     }
 }
 

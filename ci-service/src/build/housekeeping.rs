@@ -32,24 +32,6 @@ pub async fn remove_image(docker: &Docker, repository: &str, tags: &[String]) {
     }
 }
 
-/// Sweeps the images of every app (at start: what earlier runs left).
-pub async fn sweep_all(state: Arc<AppState>) {
-    let options = ListImagesOptionsBuilder::default().filters(&HashMap::from([("label", vec![APP_LABEL])])).build();
-    let images = match state.docker.list_images(Some(options)).await {
-        Ok(images) => images,
-        Err(e) => return tracing::warn!(error = %e, "cannot list the engine's images for housekeeping"),
-    };
-    let mut apps: Vec<String> = images.iter().filter_map(|i| i.labels.get(APP_LABEL).cloned()).collect();
-    apps.sort();
-    apps.dedup();
-    for app in apps {
-        sweep(state.clone(), app).await;
-    }
-    if let Some(bytes) = engine_image_bytes(&state.docker).await {
-        state.metrics.engine_image_bytes.set(bytes);
-    }
-}
-
 /// Removes the app's images beyond the newest `--keep-images` whose builds ended, and its
 /// pull-request images whose builds ended.
 pub async fn sweep(state: Arc<AppState>, app: String) {
