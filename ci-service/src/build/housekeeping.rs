@@ -35,6 +35,12 @@ pub async fn remove_image(docker: &Docker, repository: &str, tags: &[String]) {
 /// Removes the app's images beyond the newest `--keep-images` whose builds ended, and its
 /// pull-request images whose builds ended.
 pub async fn sweep(state: Arc<AppState>, app: String) {
+    // Not while a build runs here: removing an image also removes its untagged parent layers,
+    // which the classic builder may be using as cache for a running build at that moment. The
+    // last build to end sweeps.
+    if !state.running.is_empty() {
+        return;
+    }
     let label = format!("{APP_LABEL}={app}");
     let options = ListImagesOptionsBuilder::default().filters(&HashMap::from([("label", vec![label.as_str()])])).build();
     let mut images = match state.docker.list_images(Some(options)).await {

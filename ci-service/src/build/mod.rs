@@ -94,6 +94,11 @@ impl Running {
         self.builds.lock().expect("running lock is never poisoned").remove(&id);
     }
 
+    /// Whether no build runs in this replica.
+    pub fn is_empty(&self) -> bool {
+        self.builds.lock().expect("running lock is never poisoned").is_empty()
+    }
+
     pub fn get(&self, id: u64) -> Option<Arc<RunningBuild>> {
         self.builds.lock().expect("running lock is never poisoned").get(&id).cloned()
     }
