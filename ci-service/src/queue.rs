@@ -28,8 +28,10 @@ pub const STREAM: &str = "CONVEYOR_CI_JOBS";
 pub const CONSUMER: &str = "ci-workers";
 pub const CONTROL_SUBJECT: &str = "conveyor.ci.control";
 /// How long queueing a job is retried (no stream leader, a reconnect) before the webhook gets a
-/// 503: under the 10 s a forge waits for an answer.
-pub const ENQUEUE_PATIENCE: Duration = Duration::from_secs(8);
+/// 503: just under the 10 s a forge waits for an answer. A JetStream election takes several
+/// seconds (5–8 s measured here, longer on a loaded machine), so an unlucky webhook still gets
+/// the 503 and must be redelivered.
+pub const ENQUEUE_PATIENCE: Duration = Duration::from_millis(9_300);
 /// Key-value bucket: the newest job number of each repository and branch.
 pub const HEADS_BUCKET: &str = "CONVEYOR_CI_BRANCH_HEADS";
 
@@ -207,7 +209,7 @@ impl Queue {
                     maybe_stored |= e.kind() != Kind::StreamNotFound;
                     tracing::debug!(error = %e, retry_in = ?wait, "the build queue did not take the job; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(1));
+                    wait = (wait * 2).min(Duration::from_millis(500));
                 }
                 Err(e) => return Err(err(e)),
             }

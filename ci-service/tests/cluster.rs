@@ -1,7 +1,7 @@
 //! ci-service on a three-node JetStream cluster (the testkit's, on loopback): every stream and
 //! bucket it creates has three replicas, `--nats-url` lists every node, and a push sent right
 //! after the node leading the build queue is killed is taken (the enqueue waits out the
-//! election) and built; a stream that exists with another
+//! election, within a forge's 10 s; a longer election is a 503 and a redelivery) and built; a stream that exists with another
 //! replica count is named at start instead of being used.
 
 mod common;
@@ -36,13 +36,21 @@ async fn on_a_three_node_cluster_every_stream_has_three_replicas_and_a_lost_lead
     work.write("VERSION", "2\n");
     let second = work.commit_all("second");
     work.push();
-    // Queueing waits out the election instead of answering 503: one delivery, answered in time.
-    let sent = std::time::Instant::now();
-    let (status, answer) = ci.push(serde_json::json!({"repo_url": bare.url(), "ref": "refs/heads/main", "commit": second})).await;
-    let waited = sent.elapsed();
-    eprintln!("the push after the queue leader's node was killed was answered in {waited:?}");
-    assert!(waited < std::time::Duration::from_secs(10), "answered after {waited:?}: a forge gives up at 10 s");
-    assert_eq!(status, 202, "{answer}");
+    // Queueing waits out the election (up to 9.3 s) instead of answering 503 at once: each
+    // delivery is answered before a forge's 10 s. An election longer than that (a loaded
+    // machine) gets a 503, and the sender delivers again, as a forge's redelivery would.
+    let mut deliveries = Vec::new();
+    let (status, answer) = loop {
+        let sent = std::time::Instant::now();
+        let (status, answer) = ci.push(serde_json::json!({"repo_url": bare.url(), "ref": "refs/heads/main", "commit": second})).await;
+        deliveries.push((status, sent.elapsed()));
+        assert!(sent.elapsed() < std::time::Duration::from_secs(10), "answered after {:?}: a forge gives up at 10 s", sent.elapsed());
+        if status != 503 || deliveries.len() == 3 {
+            break (status, answer);
+        }
+    };
+    eprintln!("deliveries of the push after the queue leader's node was killed (status, time to answer): {deliveries:?}");
+    assert_eq!(status, 202, "{answer}; deliveries {deliveries:?}");
     let build = ci.wait_finished(answer["build_id"].as_u64().unwrap()).await;
     assert_eq!(build["state"], "succeeded", "{build}");
     let after = nats.leader_of("CONVEYOR_CI_JOBS").await.expect("a new leader");

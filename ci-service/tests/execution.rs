@@ -126,7 +126,8 @@ async fn a_newer_push_cancels_the_older_build_of_its_branch_and_cancel_by_reques
     assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
     assert_eq!(cancelled["reason"], format!("superseded by build {new} of the same branch"));
     assert_eq!(cancelled["steps"].as_array().unwrap().last().unwrap()["state"], "cancelled");
-    assert_eq!(ci.wait_finished(new).await["state"], "succeeded");
+    let newer = ci.wait_finished(new).await;
+    assert_eq!(newer["state"], "succeeded", "{newer}\n{}", ci.logs(new).await);
     no_container_with(&marker).await;
     let events = nats.stream_messages(EVENTS_STREAM).await;
     assert_eq!(events.len(), 1);
