@@ -10,21 +10,10 @@ mod common;
 
 use std::{path::Path, time::Duration};
 
-use common::{app_repo, sign, steps, Ci, SECRET};
+use common::{app_repo, fixture, json_headers, sign, steps, Ci, SECRET};
 use conveyor_proto::EVENTS_STREAM;
 use conveyor_testkit::{docker::BUSYBOX_IMAGE, forge::Recorded, BareRepo, TestDocker, TestForge, TestNats, TestRegistry, WorkClone};
 use serde_json::{json, Value};
-
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks").join(name);
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-fn json_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut h = vec![("content-type".to_string(), "application/json".to_string())];
-    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    h
-}
 
 /// A secrets file with one forge entry (`host` -> the test forge's `kind` API).
 fn secrets_file(dir: &Path, host: &str, kind: &str, api_url: &str, token_file: &Path) -> std::path::PathBuf {

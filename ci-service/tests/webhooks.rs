@@ -7,19 +7,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use ci_service::{secrets::Secret, webhook::signature, App, Config, StartError};
-use common::{sign, Ci, SECRET};
+use common::{fixture, json_headers, sign, Ci, SECRET};
 use conveyor_testkit::{TestNats, TestRegistry};
 use serde_json::{json, Value};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks").join(name);
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
 
 /// An API-only replica (no workers): what is queued stays queued for the test to inspect.
 async fn intake_only(nats: &TestNats, registry: &TestRegistry, adjust: impl FnOnce(&mut Config)) -> Ci {
@@ -28,12 +21,6 @@ async fn intake_only(nats: &TestNats, registry: &TestRegistry, adjust: impl FnOn
         adjust(cfg);
     })
     .await
-}
-
-fn json_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut h = vec![("content-type".to_string(), "application/json".to_string())];
-    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    h
 }
 
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {

@@ -21,15 +21,17 @@ pub const APP_LABEL: &str = "io.conveyor.app";
 /// deploys them.
 pub const PR_REPOSITORY: &str = "conveyor-pr";
 
-/// Removes the tags of one image (the image goes with its last tag).
-pub async fn remove_image(docker: &Docker, repository: &str, tags: &[String]) {
-    for tag in tags {
-        let name = format!("{repository}:{tag}");
+/// Removes the given tags of one image (the image goes with its last tag); whether any went.
+pub async fn remove_tags(docker: &Docker, names: Vec<String>) -> bool {
+    let mut gone = false;
+    for name in names {
         let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
-        if let Err(e) = docker.remove_image(&name, Some(options), None).await {
-            tracing::debug!(image = %name, error = %e, "image not removed");
+        match docker.remove_image(&name, Some(options), None).await {
+            Ok(_) => gone = true,
+            Err(e) => tracing::debug!(image = %name, error = %e, "image not removed"),
         }
     }
+    gone
 }
 
 /// Removes the app's images beyond the newest `--keep-images` whose builds ended, and its
@@ -74,15 +76,8 @@ pub async fn sweep(state: Arc<AppState>, app: String) {
         if image.containers > 0 || !rec.state.is_finished() || state.running.get(rec.id).is_some() {
             continue;
         }
-        let mut gone = false;
-        for tag in image.repo_tags.iter().filter(|t| *t != "<none>:<none>") {
-            let options = RemoveImageOptionsBuilder::default().force(false).noprune(false).build();
-            match state.docker.remove_image(tag, Some(options), None).await {
-                Ok(_) => gone = true,
-                Err(e) => tracing::debug!(image = %tag, error = %e, "image not removed"),
-            }
-        }
-        if gone {
+        let tags: Vec<String> = image.repo_tags.iter().filter(|t| *t != "<none>:<none>").cloned().collect();
+        if remove_tags(&state.docker, tags).await {
             removed += 1;
             tracing::info!(app, build.id = rec.id, image = %image.repo_tags.join(","), "removed an old image from the engine");
         }

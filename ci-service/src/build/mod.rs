@@ -298,7 +298,7 @@ async fn run_build(state: &Arc<AppState>, id: u64, push: PushRequest, queued_at:
         // A pull request is built, tested and smoke-tested: nothing is pushed or published, and
         // its image leaves this engine with the build.
         Ok(p) if push.pull_request.is_some() => {
-            housekeeping::remove_image(&state.docker, &p.repository, &p.tags).await;
+            housekeeping::remove_tags(&state.docker, p.tags.iter().map(|t| format!("{}:{t}", p.repository)).collect()).await;
             ctx.log.line("[conveyor] pull request build: not pushed, not published");
             Ok(())
         }

@@ -140,6 +140,19 @@ impl Ci {
     }
 }
 
+/// A webhook payload from `tests/fixtures/webhooks/` (the forges' documented shapes).
+pub fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks").join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `Content-Type: application/json` and the `extra` headers.
+pub fn json_headers(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut h = vec![("content-type".to_string(), "application/json".to_string())];
+    h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    h
+}
+
 /// The names of a build record's steps, in order.
 pub fn steps(build: &Value) -> Vec<String> {
     build["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect()
